@@ -54,8 +54,9 @@ class ResultBackend(ABC):
     backend pick a default location per app (the SQLite one does).
     """
 
-    #: The kernel may call ``wait`` from many threads at once.
     name: str = "?"
+    enabled: bool = True
+    """False only for the kernel's stand-in when no backend is configured."""
 
     def __init__(self, url: str, *, codec: Codec, settings: Settings, app_name: str) -> None:
         self.url = url

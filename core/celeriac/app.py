@@ -1,0 +1,539 @@
+"""The application: settings, the task registry, and sending tasks."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from . import _plugins, _state
+from .backend import ResultBackend
+from .config import Settings
+from .exceptions import ConfigurationError
+from .plugin import BrokerTarget, TransportPlugin, resolve
+from .protocol import Embed, Signature, TaskHeaders, TaskMessage, TaskProperties
+from .task import TASK_OPTIONS, Context, Task
+from .timeutils import UTC, now, to_iso
+
+if TYPE_CHECKING:
+    import kombu
+
+    from .result import AsyncResult
+    from .routing import Router
+    from .serialization import Serializers
+    from .worker.worker import Worker
+
+logger = logging.getLogger("celeriac.app")
+
+#: Options ``apply_async``/``send_task`` accept (anything else is a TypeError).
+APPLY_OPTIONS = frozenset({
+    "task_id", "countdown", "eta", "expires", "queue", "routing_key", "exchange", "priority",
+    "headers", "link", "link_error", "ignore_result", "time_limit", "soft_time_limit", "shadow",
+    "serializer", "retries", "root_id", "parent_id", "group_id", "group_index", "chain", "chord",
+    "reply_to", "task", "retry", "retry_policy", "stamped_headers", "stamps",
+})
+
+_current: App | None = None
+
+
+def current_app() -> App:
+    """The most recently created app (created on first use if there is none)."""
+    global _current
+    if _current is None:
+        _current = App()
+    return _current
+
+
+def _scheme(url: str) -> str:
+    scheme = url.split("://", 1)[0] if "://" in url else url
+    return scheme.split("+", 1)[0].lower()
+
+
+class DisabledBackend(ResultBackend):
+    """Stands in when no result backend is configured: storing is a no-op,
+    reading says how to configure one."""
+
+    name = "disabled"
+    enabled = False
+
+    def _fail(self) -> Any:
+        raise ConfigurationError(
+            "No result backend is configured, so results cannot be read. Set result_backend "
+            "(e.g. App(backend='sqlite://')).")
+
+    def store(self, task_id: str, document: Mapping[str, Any], *, expires: float | None) -> bool:
+        return True
+
+    def get(self, task_id: str) -> dict[str, Any] | None:
+        return self._fail()
+
+    def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any] | None:
+        return self._fail()
+
+    def forget(self, task_id: str) -> None:
+        pass
+
+    def describe(self) -> str:
+        return "disabled"
+
+
+class App:
+    """A celeriac application.
+
+    ``App("proj")`` alone uses the embedded SQLite broker and result store.
+    Settings come from keyword arguments (Celery's lowercase names), a TOML
+    file, and ``CELERIAC_*`` environment variables (see
+    ``docs/configuration.md`` for the precedence).
+    """
+
+    def __init__(self, main: str | None = None, *, broker: str | None = None,
+                 backend: str | None = None, config_file: str | os.PathLike[str] | None = None,
+                 plugins: Iterable[Any] = (), load_plugins: bool = True, **settings: Any) -> None:
+        global _current
+        self.main = main
+        self._config_file = config_file
+        self._overrides: dict[str, Any] = dict(settings)
+        if main is not None:
+            self._overrides.setdefault("name", main)
+        if broker is not None:
+            self._overrides["broker_url"] = broker
+        if backend is not None:
+            self._overrides["result_backend"] = backend
+        self._extra_plugins = list(plugins)
+        self._load_plugins = load_plugins
+        self._lock = threading.RLock()
+        self._conf: Settings | None = None
+        self._plugins: _plugins.Plugins | None = None
+        self._backend: ResultBackend | None = None
+        self._backend_pid: int | None = None
+        self._serializers: Serializers | None = None
+        self._router: Router | None = None
+        self._local = threading.local()
+        self.tasks: dict[str, Task] = {}
+        self.oid = str(uuid.uuid4())
+        self.nodename: str | None = None
+        """Set by a worker to its node name: messages sent from it carry it as ``origin``."""
+        _current = self
+
+    @classmethod
+    def from_config(cls, path: str | os.PathLike[str], **settings: Any) -> App:
+        """An app configured from a TOML file alone (its ``imports`` are imported)."""
+        app = cls(config_file=path, **settings)
+        app.import_modules()
+        return app
+
+    # -- configuration ---------------------------------------------------------------
+
+    @property
+    def plugins(self) -> _plugins.Plugins:
+        if self._plugins is None:
+            with self._lock:
+                if self._plugins is None:
+                    self._plugins = _plugins.Plugins(self._extra_plugins, entry_points=self._load_plugins)
+        return self._plugins
+
+    @property
+    def conf(self) -> Settings:
+        """The validated settings (loaded on first use)."""
+        if self._conf is None:
+            with self._lock:
+                if self._conf is None:
+                    from .configloader import load_settings, sections_from_plugins
+
+                    conf = load_settings(overrides=self._overrides, config_file=self._config_file,
+                                         sections=sections_from_plugins(self.plugins))
+                    self._conf = conf
+                    self.plugins.hooks.call("celeriac_app_configured", app=self)
+        return self._conf
+
+    def configure(self, **settings: Any) -> None:
+        """Change settings (Celery's ``app.conf.update``); validated again on next use."""
+        with self._lock:
+            self._overrides.update(settings)
+            self._reset()
+
+    def config_from_object(self, obj: Any) -> None:
+        """Take settings from a dict, or from the lowercase attributes of an
+        object or module (or its ``"module.path"``)."""
+        if isinstance(obj, str):
+            import importlib
+
+            obj = importlib.import_module(obj)
+        if isinstance(obj, Mapping):
+            values = dict(obj)
+        else:
+            values = {k: getattr(obj, k) for k in dir(obj) if k.islower() and not k.startswith("_")
+                      and not callable(getattr(obj, k)) and not isinstance(getattr(obj, k), type(os))}
+        self.configure(**values)
+
+    def _reset(self) -> None:
+        self._conf = None
+        self._serializers = None
+        self._router = None
+        if self._backend is not None:
+            self._backend.close()
+        self._backend = None
+
+    @property
+    def name(self) -> str:
+        return self.conf.name or self.main or "default"
+
+    def import_modules(self) -> None:
+        """Import the modules in the ``imports`` setting (registers their tasks)."""
+        import importlib
+
+        for module in self.conf.imports:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ConfigurationError(
+                    f"imports lists {module!r}, which cannot be imported: {exc}. "
+                    f"Run from the directory that contains it, or fix the name.") from exc
+
+    # -- tasks -----------------------------------------------------------------------
+
+    def task(self, fun: Callable[..., Any] | None = None, **options: Any) -> Any:
+        """Decorator that makes a function a task: ``@app.task`` or ``@app.task(bind=True, ...)``."""
+        unknown = set(options) - TASK_OPTIONS
+        if unknown:
+            name = sorted(unknown)[0]
+            raise TypeError(
+                f"@app.task() got an unknown option {name!r}.{_plugins.suggest(name, TASK_OPTIONS)} "
+                f"If a plugin provides it, is that plugin installed?")
+
+        def create(f: Callable[..., Any]) -> Task:
+            return self._create_task(f, **options)
+
+        return create(fun) if fun is not None else create
+
+    def _create_task(self, fun: Callable[..., Any], *, name: str | None = None,
+                     base: type[Task] = Task, bind: bool = False, **options: Any) -> Task:
+        module = fun.__module__
+        if module == "__main__" and self.main:
+            module = self.main
+        task_name = name or f"{module}.{fun.__name__}"
+        attrs_: dict[str, Any] = {
+            "name": task_name, "app": self, "bind": bind,
+            "run": fun if bind else staticmethod(fun), "__doc__": fun.__doc__,
+            "__module__": fun.__module__, "__wrapped__": fun, **options,
+        }
+        for key in ("autoretry_for", "dont_autoretry_for"):
+            if key in attrs_:
+                attrs_[key] = tuple(attrs_[key])
+        cls = type(fun.__name__, (base,), attrs_)
+        task = cls()
+        self.tasks[task_name] = task
+        return task
+
+    def register_task(self, task: Task | type[Task]) -> Task:
+        """Register a class-based task."""
+        instance = task() if isinstance(task, type) else task
+        instance.app = self
+        self.tasks[instance.name] = instance
+        return instance
+
+    # -- drivers ---------------------------------------------------------------------
+
+    @property
+    def transport(self) -> TransportPlugin:
+        return _plugins.load_driver("transport", _scheme(self.conf.broker_url))
+
+    @property
+    def broker_target(self) -> BrokerTarget:
+        return self.transport.target(self.conf.broker_url, self.conf, self.name)
+
+    def connection(self) -> kombu.Connection:
+        """A new broker connection (not connected until used)."""
+        import kombu
+
+        record, target = self.transport, self.broker_target
+        options = {**target.transport_options, **self.conf.broker_transport_options}
+        return kombu.Connection(target.url, transport=resolve(record.kombu_transport),
+                                transport_options=options,
+                                connect_timeout=self.conf.broker_connection_timeout)
+
+    @property
+    def backend(self) -> ResultBackend:
+        """The result backend (one per process; re-created after a fork)."""
+        pid = os.getpid()
+        if self._backend is None or self._backend_pid != pid:
+            with self._lock:
+                if self._backend is None or self._backend_pid != pid:
+                    self._backend = self._make_backend()
+                    self._backend_pid = pid
+        return self._backend
+
+    def _make_backend(self) -> ResultBackend:
+        from .serialization import ResultCodec
+
+        conf = self.conf
+        codec = ResultCodec(self.serializers.result)
+        url = conf.result_backend
+        if url is None:
+            scheme = _scheme(conf.broker_url)
+            if scheme not in _plugins.driver_names("backend"):
+                return DisabledBackend("disabled", codec=codec, settings=conf, app_name=self.name)
+            record = _plugins.load_driver("backend", scheme)
+            url = record.default_url(conf.broker_url) if record.default_url else conf.broker_url
+        else:
+            record = _plugins.load_driver("backend", _scheme(url))
+        cls = resolve(record.backend_class)
+        return cls(url, codec=codec, settings=conf, app_name=self.name)
+
+    @property
+    def serializers(self) -> Serializers:
+        if self._serializers is None:
+            from .serialization import Serializers
+
+            conf = self.conf
+            self._serializers = Serializers(conf.task_serializer, conf.result_serializer,
+                                            conf.accept_content, conf.task_compression)
+        return self._serializers
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            from .routing import Router
+
+            self._router = Router(self.conf.task_routes, self.conf.task_default_queue)
+        return self._router
+
+    def queue(self, name: str) -> kombu.Queue:
+        """The kombu queue ``name`` (direct exchange of the same name, as Celery declares it)."""
+        import kombu
+
+        conf = self.conf
+        if name == conf.task_default_queue:
+            exchange = conf.task_default_exchange or name
+            key = conf.task_default_routing_key or name
+        else:
+            exchange, key = name, name
+        return kombu.Queue(name, kombu.Exchange(exchange, type="direct"), routing_key=key, durable=True)
+
+    # -- sending ---------------------------------------------------------------------
+
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802 - Celery's name
+        from .result import AsyncResult
+
+        return AsyncResult(task_id, app=self, **kwargs)
+
+    def send_task(self, name: str, args: Iterable[Any] | None = None,
+                  kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult:
+        """Send task ``name`` by name (the task need not be registered here)."""
+        unknown = set(options) - APPLY_OPTIONS
+        if unknown:
+            bad = sorted(unknown)[0]
+            raise TypeError(f"unknown option {bad!r} for sending {name}."
+                            f"{_plugins.suggest(bad, APPLY_OPTIONS)}")
+        task: Task | None = options.pop("task", None) or self.tasks.get(name)
+        options.pop("retry", None), options.pop("retry_policy", None)
+        message, queue = self.build_message(name, args, kwargs, task=task, **options)
+        self.publish(message, queue=queue, exchange=options.get("exchange") or "",
+                     routing_key=options.get("routing_key") or queue)
+        from .result import AsyncResult
+
+        return AsyncResult(message.id, app=self, task_name=name)
+
+    def build_message(self, name: str, args: Iterable[Any] | None, kwargs: Mapping[str, Any] | None,
+                      *, task: Task | None = None, task_id: str | None = None,
+                      countdown: float | None = None, eta: datetime | str | None = None,
+                      expires: float | datetime | str | None = None, queue: str | None = None,
+                      priority: int | None = None, headers: Mapping[str, Any] | None = None,
+                      link: Any = None, link_error: Any = None, ignore_result: bool | None = None,
+                      time_limit: float | None = None, soft_time_limit: float | None = None,
+                      shadow: str | None = None, retries: int = 0, root_id: str | None = None,
+                      parent_id: str | None = None, group_id: str | None = None,
+                      group_index: int | None = None, chain: Any = None, chord: Any = None,
+                      reply_to: str | None = None, stamped_headers: Any = None,
+                      stamps: Mapping[str, Any] | None = None, **_: Any) -> tuple[TaskMessage, str]:
+        """The message for one task call and the queue it goes to."""
+        args = tuple(args or ())
+        kwargs = dict(kwargs or {})
+        task_id = task_id or str(uuid.uuid4())
+        parent = _state.current_request()
+        if parent is not None and parent.id and not parent.is_eager:
+            parent_id = parent_id or parent.id
+            root_id = root_id or parent.root_id or parent.id
+        if countdown is not None:
+            eta = now() + timedelta(seconds=countdown)
+        if task is not None and expires is None:
+            expires = task.expires
+        if isinstance(expires, (int, float)):
+            expires = now() + timedelta(seconds=expires)
+        if ignore_result is None and task is not None:
+            ignore_result = bool(task.option("ignore_result"))
+        route = self.router.route(name, {"queue": queue}, task.queue if task else None)
+        if priority is None:
+            priority = route.get("priority")
+        if priority is None and task is not None:
+            priority = task.option("priority")
+        if priority is None:
+            priority = self.conf.task_default_priority
+        headers_ = TaskHeaders(
+            task=name, id=task_id, shadow=shadow, eta=_iso(eta), expires=_iso(expires),
+            group=group_id, group_index=group_index, retries=retries,
+            timelimit=(time_limit, soft_time_limit), root_id=root_id or task_id,
+            parent_id=parent_id, argsrepr=_saferepr(args), kwargsrepr=_saferepr(kwargs),
+            origin=self.origin, ignore_result=ignore_result,
+            stamped_headers=tuple(stamped_headers) if stamped_headers else None,
+            stamps=dict(stamps or {}), extra=dict(headers or {}),
+        )
+        embed = Embed(callbacks=_as_sigs(link), errbacks=_as_sigs(link_error),
+                      chain=_as_sigs(chain), chord=_as_sig(chord))
+        message = TaskMessage(
+            headers=headers_,
+            properties=TaskProperties(correlation_id=task_id, reply_to=reply_to or self.oid,
+                                      priority=priority),
+            args=args, kwargs=kwargs, embed=embed,
+        )
+        return message, route["queue"]
+
+    @property
+    def origin(self) -> str:
+        return self.nodename or f"gen{os.getpid()}@{socket.gethostname()}"
+
+    def send_signature(self, sig: Signature, *, parent: Context | None = None,
+                       chain: tuple[Signature, ...] | None = None) -> AsyncResult:
+        """Send a signature (a callback, errback or chain step) as a task."""
+        if sig.subtask_type is not None:
+            raise NotImplementedError(
+                f"canvas type {sig.subtask_type!r} ({sig.task}) cannot be sent by this version")
+        options = {k: v for k, v in sig.options.items() if k in APPLY_OPTIONS and k != "task"}
+        dropped = set(sig.options) - set(options) - {"subtask_type"}
+        if dropped:
+            logger.debug("ignoring signature options %s of %s", sorted(dropped), sig.task)
+        if chain is not None:
+            options["chain"] = chain
+        if parent is not None and not parent.is_eager:
+            options.setdefault("parent_id", parent.id)
+            options.setdefault("root_id", parent.root_id or parent.id)
+        task = self.tasks.get(sig.task)
+        if parent is not None and parent.is_eager and task is not None:
+            return task.apply(sig.args, sig.kwargs, **{k: v for k, v in options.items()
+                                                      if k in ("task_id", "link", "link_error")})
+        return self.send_task(sig.task, sig.args, sig.kwargs, task=task, **options)
+
+    def retry_message(self, task: Task, request: Context, *, args: Any = None, kwargs: Any = None,
+                      eta: datetime | None = None, countdown: float | None = None,
+                      **options: Any) -> str:
+        """Send the retry of a running task (same id, ``retries + 1``); return its ETA."""
+        when = eta if eta is not None else now() + timedelta(seconds=countdown or 0)
+        when_iso = _iso(when) or ""
+        if request.is_eager:
+            return when_iso
+        queue = request.delivery_info.get("routing_key") or options.pop("queue", None) or \
+            self.router.route(task.name, {}, task.queue)["queue"]
+        original: TaskMessage | None = request.message
+        if original is None:
+            raise RuntimeError(f"task {task.name}[{request.id}] has no message to retry")
+        h = original.headers
+        headers = attrs.evolve(h, retries=h.retries + 1, eta=when_iso,
+                               parent_id=h.parent_id or h.id, origin=self.origin,
+                               extra=dict(h.extra))
+        message = attrs.evolve(
+            original, headers=headers,
+            args=tuple(args) if args is not None else original.args,
+            kwargs=dict(kwargs) if kwargs is not None else original.kwargs,
+        )
+        self.publish(message, queue=queue, exchange="", routing_key=queue)
+        return when_iso
+
+    # -- publishing ------------------------------------------------------------------
+
+    def _producer(self) -> tuple[Any, set[str]]:
+        local = self._local
+        pid = os.getpid()
+        if getattr(local, "pid", None) != pid:
+            local.pid = pid
+            local.connection = self.connection()
+            local.producer = None
+            local.declared = set()
+        if local.producer is None:
+            local.producer = local.connection.Producer()
+        return local.producer, local.declared
+
+    def publish(self, message: TaskMessage, *, queue: str, exchange: str = "",
+                routing_key: str | None = None) -> None:
+        """Encode and send one task message (declaring its queue once per connection)."""
+        from .protocol import encode
+
+        routing_key = routing_key or queue
+        hooks = self.plugins.hooks
+        hooks.call("celeriac_before_publish", app=self, message=message, exchange=exchange,
+                   routing_key=routing_key)
+        serializers = self.serializers
+        wire = encode(message, serializers.task, serializers.compressor)
+        producer, declared = self._producer()
+        declare = []
+        if queue not in declared:
+            declare = [self.queue(queue)]
+        props = wire.properties
+        producer.publish(
+            wire.body, exchange=exchange, routing_key=routing_key, declare=declare,
+            content_type=wire.content_type, content_encoding=wire.content_encoding,
+            headers=wire.headers, retry=True,
+            retry_policy={"max_retries": self.conf.broker_connection_max_retries},
+            **props,
+        )
+        declared.add(queue)
+        hooks.call("celeriac_after_publish", app=self, message=message, exchange=exchange,
+                   routing_key=routing_key)
+
+    # -- worker ----------------------------------------------------------------------
+
+    def Worker(self, **options: Any) -> Worker:  # noqa: N802 - Celery's name
+        from .worker.worker import Worker
+
+        return Worker(self, **options)
+
+    def close(self) -> None:
+        """Close this thread's producer connection and the result backend."""
+        local = self._local
+        conn = getattr(local, "connection", None)
+        if conn is not None:
+            conn.release()
+            local.pid = None
+        if self._backend is not None:
+            self._backend.close()
+
+    def __repr__(self) -> str:
+        return f"<celeriac.App {self.main or '?'}>"
+
+
+def _iso(value: datetime | str | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return to_iso(value)
+
+
+def _saferepr(value: Any, limit: int = 1024) -> str:
+    try:
+        text = repr(value)
+    except Exception as exc:
+        text = f"<unrepresentable: {exc}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _as_sig(value: Any) -> Signature | None:
+    if value is None or isinstance(value, Signature):
+        return value
+    if isinstance(value, Mapping):
+        return Signature.from_dict(value)
+    raise TypeError(f"expected a signature, got {type(value).__name__}")
+
+
+def _as_sigs(value: Any) -> tuple[Signature, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, (Signature, Mapping)):
+        value = [value]
+    return tuple(_as_sig(v) for v in value)  # type: ignore[misc]

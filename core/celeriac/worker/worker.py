@@ -1,0 +1,395 @@
+"""The worker's control loop: consume, hold, dispatch, acknowledge.
+
+One thread (the one calling :meth:`Worker.start`) owns the broker connection:
+it receives messages, decides what each one is (run it, hold it until its
+ETA, store it as expired, or dead-letter it), hands runnable ones to the pool
+as the pool has room, and acknowledges them when the pool reports back.
+Pools call back from their own threads; those reports go through a queue so
+the broker connection is only ever touched by its owner.
+
+Messages are acknowledged after the task by default (``task_acks_late``), so
+a worker that dies loses nothing: its messages come back to the broker.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import queue as queue_mod
+import signal
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from .. import _plugins, states
+from ..exceptions import MessageError, NotRegistered, TaskRevokedError, WorkerLostError
+from ..plugin import resolve
+from ..pool import JobFailed, Pool
+from ..protocol import decode
+from ..serialization import exception_to_dict
+from ..task import Context
+from ..trace import Outcome, Tracer
+from . import deadletter
+from .request import Request, TaskJob
+
+if TYPE_CHECKING:
+    from ..app import App
+
+logger = logging.getLogger("celeriac.worker")
+
+IDLE_DRAIN_TIMEOUT = 1.0
+BUSY_DRAIN_TIMEOUT = 0.005
+
+
+class Worker:
+    """Consumes the given queues and runs their tasks.
+
+    Options left ``None`` come from the app's settings (``worker_*``).
+    """
+
+    def __init__(self, app: App, *, queues: Iterable[str] | None = None, pool: str | None = None,
+                 concurrency: int | None = None, hostname: str | None = None,
+                 prefetch_multiplier: int | None = None, install_signal_handlers: bool = True,
+                 ready_callback: Callable[[Worker], None] | None = None) -> None:
+        conf = app.conf
+        self.app = app
+        self.queue_names = list(queues or conf.worker_queues or [conf.task_default_queue])
+        self.pool_name = pool or conf.worker_pool
+        self.concurrency = concurrency or conf.worker_concurrency or os.cpu_count() or 1
+        self.hostname = hostname or conf.worker_hostname or f"celeriac@{socket.gethostname()}"
+        multiplier = conf.worker_prefetch_multiplier if prefetch_multiplier is None else prefetch_multiplier
+        self.install_signal_handlers = install_signal_handlers
+        self.ready_callback = ready_callback
+        record = _plugins.load_driver("pool", self.pool_name)
+        pool_cls: type[Pool] = resolve(record.pool_class)
+        self.pool = pool_cls(self.concurrency)
+        self.concurrency = self.pool.concurrency
+        self.prefetch_limit = multiplier * self.concurrency if multiplier else None
+        self.transport = app.transport
+        self.tracer = Tracer(app, self.hostname)
+        self.hooks = app.plugins.hooks
+
+        self.reserved: deque[Request] = deque()
+        self.active: dict[int, Request] = {}
+        self.held: list[tuple[float, int, Request]] = []
+        self._seq = itertools.count()
+        self._completions: queue_mod.SimpleQueue[tuple[Request, Any]] = queue_mod.SimpleQueue()
+        self._wakeup = threading.Event()
+        self._stop = threading.Event()
+        self._cold = False
+        self._warned_limits: set[str] = set()
+        self.ready = threading.Event()
+        self.stats: dict[str, int] = {}
+        self.connection: Any = None
+        self._producer: Any = None
+
+    # -- control -------------------------------------------------------------------
+
+    def stop(self, cold: bool = False) -> None:
+        """Ask the loop to stop: warm (finish running tasks) or cold."""
+        self._cold = self._cold or cold
+        self._stop.set()
+        self._wakeup.set()
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self._stop.is_set():
+            logger.warning("second %s: cold shutdown, running tasks go back to the broker",
+                           signal.Signals(signum).name)
+            self.stop(cold=True)
+            if self.pool.inline:
+                raise SystemExit(128 + signum)
+        else:
+            logger.warning("%s: warm shutdown (a second signal stops at once)",
+                           signal.Signals(signum).name)
+            self.stop()
+
+    # -- start-up ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run until stopped (by :meth:`stop` or SIGTERM/SIGINT)."""
+        self.hooks.call("celeriac_worker_start", worker=self)
+        self.app.nodename = self.hostname
+        self.app.import_modules()
+        previous = {}
+        if self.install_signal_handlers and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, self._on_signal)
+        self.pool.start()
+        try:
+            self._connect()
+            logger.info("%s", self.banner())
+            self.ready.set()
+            self.hooks.call("celeriac_worker_ready", worker=self)
+            if self.ready_callback:
+                self.ready_callback(self)
+            self._loop()
+        finally:
+            try:
+                self._shutdown()
+            finally:
+                for sig, handler in previous.items():
+                    signal.signal(sig, handler)
+
+    def _connect(self) -> None:
+        import kombu
+
+        self.connection = self.app.connection()
+        self.connection.ensure_connection(max_retries=self.app.conf.broker_connection_max_retries)
+        channel = self.connection.channel()
+        queues = [self.app.queue(name) for name in self.queue_names]
+        self.consumer = kombu.Consumer(channel, queues, on_message=self._on_message, no_ack=False)
+        if self.prefetch_limit:
+            self.consumer.qos(prefetch_count=self.prefetch_limit)
+        self.consumer.consume()
+        self._producer = self.connection.Producer()
+        self._dead_letter_queue = self.app.queue(self.app.conf.worker_dead_letter_queue)
+        self._dead_letter_queue(self._producer.channel).declare()
+
+    def banner(self) -> str:
+        import celeriac
+
+        target = self.app.broker_target
+        tasks = "\n".join(f"  . {name}" for name in sorted(self.app.tasks)) or "  (none)"
+        limits = f"\n  note: {self.pool.limitation}" if self.pool.limitation else ""
+        return (
+            f"\n celeriac {celeriac.__version__}  {self.hostname}  pid {os.getpid()}\n"
+            f"  app:         {self.app.name}\n"
+            f"  broker:      {self.transport.name} ({target.display or target.url})\n"
+            f"  results:     {self.app.backend.describe()}\n"
+            f"  pool:        {self.pool_name} (concurrency {self.concurrency}){limits}\n"
+            f"  prefetch:    {self.prefetch_limit or 'unlimited'}\n"
+            f"  queues:      {', '.join(self.queue_names)}\n"
+            f"  dead letters: {self.app.conf.worker_dead_letter_queue}\n"
+            f"  tasks:\n{tasks}\n"
+        )
+
+    # -- the loop ------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        errors = tuple(self.connection.connection_errors)
+        limit_held = self.app.conf.worker_eta_holding_limit
+        while not self._stop.is_set():
+            self._drain_completions()
+            self._release_due()
+            self._dispatch()
+            if self._stop.is_set():
+                break
+            outstanding = len(self.reserved) + len(self.active)
+            full = (self.prefetch_limit is not None and outstanding >= self.prefetch_limit) or \
+                len(self.held) >= limit_held
+            wait = self._until_next_held()
+            if full:
+                self._wakeup.wait(min(wait, 0.5))
+                self._wakeup.clear()
+                continue
+            timeout = BUSY_DRAIN_TIMEOUT if (self.active or self.reserved) else min(wait, IDLE_DRAIN_TIMEOUT)
+            try:
+                self.connection.drain_events(timeout=timeout)
+            except socket.timeout:
+                pass
+            except errors as exc:
+                logger.error("lost the broker connection (%s); reconnecting", exc)
+                self._reconnect()
+            except Exception:
+                # A transport failing to build a message must not kill the worker.
+                logger.exception("error while receiving messages; continuing")
+                time.sleep(0.1)
+
+    def _until_next_held(self) -> float:
+        if not self.held:
+            return IDLE_DRAIN_TIMEOUT
+        return max(0.0, self.held[0][0] - time.time())
+
+    def _reconnect(self) -> None:
+        # Unacknowledged deliveries die with the connection; the broker gives them out again.
+        self.reserved.clear()
+        self.held.clear()
+        try:
+            self.connection.release()
+        except Exception:
+            pass
+        self._connect()
+
+    # -- receiving -----------------------------------------------------------------
+
+    def _on_message(self, message: Any) -> None:
+        try:
+            self._receive(message)
+        except Exception as exc:
+            logger.exception("unexpected error handling a message; moving it to the dead-letter queue")
+            self._dead_letter(message, "error", f"{type(exc).__name__}: {exc}")
+
+    def _receive(self, message: Any) -> None:
+        app = self.app
+        count = (message.delivery_info or {}).get("delivery_count")
+        if isinstance(count, int) and count > app.conf.worker_max_deliveries:
+            self._dead_letter(message, "redelivered",
+                              f"delivered {count} times (worker_max_deliveries is "
+                              f"{app.conf.worker_max_deliveries}); it may crash the workers that run it")
+            return
+        serializers = app.serializers
+        try:
+            tm = decode(message.body, message.content_type, message.headers, message.properties,
+                        serializer_for=serializers.for_content_type,
+                        compressor_for=serializers.compressor_for)
+        except MessageError as exc:
+            self._dead_letter(message, exc.reason, str(exc), fail=exc)
+            return
+        task = app.tasks.get(tm.name)
+        if task is None:
+            exc = NotRegistered(tm.name)
+            self._dead_letter(message, exc.reason,
+                              f"task {tm.name!r} is not registered in this worker (is the module "
+                              f"in imports, and is every worker on this queue up to date?)", fail=exc)
+            return
+        request = Request.build(message, tm, task, self.hostname)
+        if request.is_expired():
+            self._revoke(request, "expired")
+            return
+        self.hooks.call("celeriac_message_received", worker=self, request=request)
+        if request.eta is not None and request.eta > time.time():
+            heapq.heappush(self.held, (request.eta, next(self._seq), request))
+            return
+        self.reserved.append(request)
+
+    def _dead_letter(self, message: Any, reason: str, detail: str, fail: BaseException | None = None) -> None:
+        headers = message.headers or {}
+        logger.error("dead-lettering message %s: %s (%s)", headers.get("id", "<no id>"), detail, reason)
+        try:
+            deadletter.publish_dead_letter(
+                self._producer, self._dead_letter_queue, message,
+                deadletter.dead_letter_headers(message, reason, detail, self.hostname))
+        except Exception:
+            logger.exception("could not move the message to the dead-letter queue; it goes back "
+                             "to its queue")
+            message.reject(requeue=True)
+            return
+        task_id = headers.get("id")
+        if isinstance(task_id, str) and task_id and fail is not None:
+            self.tracer.store(Context(id=task_id, task=headers.get("task")), None, states.FAILURE,
+                              exception_to_dict(fail), None, [])
+        message.ack()
+        self.hooks.call("celeriac_message_rejected", worker=self, message=message, reason=reason,
+                        detail=detail)
+
+    def _revoke(self, request: Request, why: str) -> None:
+        logger.info("task %s[%s] %s: not run", request.name, request.id, why)
+        self.tracer.store(request.context, request.task, states.REVOKED,
+                          exception_to_dict(TaskRevokedError(why)), None, [])
+        request.ack()
+
+    def _release_due(self) -> None:
+        moment = time.time()
+        while self.held and self.held[0][0] <= moment:
+            _, _, request = heapq.heappop(self.held)
+            self.reserved.append(request)
+
+    # -- running -------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while self.reserved and not self._stop.is_set() and \
+                (self.pool.inline or self.pool.active < self.concurrency) and \
+                len(self.active) < self.concurrency:
+            request = self.reserved.popleft()
+            if request.is_expired():
+                self._revoke(request, "expired")
+                continue
+            if not request.task.option("acks_late"):
+                request.ack()
+            hard, soft = request.time_limits()
+            self._check_limits(request, hard, soft)
+            request.time_start = time.time()
+            self.active[id(request)] = request
+            job = TaskJob(request, self.tracer, time_limit=hard, soft_time_limit=soft)
+            self.pool.submit(job, lambda outcome, r=request: self._on_done(r, outcome))
+            if self.pool.inline:
+                self._drain_completions()
+
+    def _check_limits(self, request: Request, hard: float | None, soft: float | None) -> None:
+        missing = (hard is not None and not self.pool.hard_time_limits) or \
+            (soft is not None and not self.pool.soft_time_limits)
+        if missing and request.name not in self._warned_limits:
+            self._warned_limits.add(request.name)
+            logger.warning("task %s has a time limit the %s pool cannot enforce: %s",
+                           request.name, self.pool_name, self.pool.limitation or "not supported")
+
+    def _on_done(self, request: Request, outcome: Any) -> None:
+        # Called from pool threads: only hand over, the loop thread acks.
+        self._completions.put((request, outcome))
+        self._wakeup.set()
+
+    def _drain_completions(self) -> None:
+        while True:
+            try:
+                request, outcome = self._completions.get_nowait()
+            except queue_mod.Empty:
+                return
+            self.active.pop(id(request), None)
+            self.stats[request.name] = self.stats.get(request.name, 0) + 1
+            try:
+                self._settle(request, outcome)
+            except Exception:
+                logger.exception("could not acknowledge task %s[%s]", request.name, request.id)
+
+    def _settle(self, request: Request, outcome: Any) -> None:
+        if isinstance(outcome, Outcome):
+            if outcome.ack:
+                request.ack()
+            else:
+                request.requeue()
+            return
+        failed = outcome if isinstance(outcome, JobFailed) else JobFailed("error", outcome)
+        if failed.reason == "worker-lost" and request.task.option("reject_on_worker_lost"):
+            logger.error("the process running %s[%s] died; the task goes back to the queue",
+                         request.name, request.id)
+            request.requeue()
+            return
+        exc = failed.exception or WorkerLostError(f"task ended without a result: {failed.reason}")
+        self.tracer.store(request.context, request.task, states.FAILURE, exception_to_dict(exc),
+                          None, [])
+        request.ack()
+
+    # -- shutdown ------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        conf = self.app.conf
+        if self.connection is not None:
+            try:
+                self.consumer.cancel()
+            except Exception:
+                logger.debug("cancel failed", exc_info=True)
+            self._drain_completions()
+            # Prefetched but not started: back to the broker at once.
+            for request in list(self.reserved) + [r for _, _, r in self.held]:
+                self._safe(request.requeue)
+            self.reserved.clear()
+            self.held.clear()
+            deadline = time.monotonic() + conf.worker_shutdown_timeout
+            while self.active and not self._cold and time.monotonic() < deadline:
+                self._wakeup.wait(0.05)
+                self._wakeup.clear()
+                self._drain_completions()
+        unfinished = self.pool.stop(0 if self._cold else 0.0)
+        self._drain_completions()
+        for request in list(self.active.values()):
+            logger.warning("task %s[%s] did not finish before shutdown; it goes back to the queue",
+                           request.name, request.id)
+            self._safe(request.requeue)
+        del unfinished
+        self.hooks.call("celeriac_worker_stop", worker=self)
+        if self.connection is not None:
+            self._safe(self.connection.release)
+        self.app.close()
+        logger.info("worker %s stopped", self.hostname)
+
+    @staticmethod
+    def _safe(fn: Callable[[], Any]) -> None:
+        try:
+            fn()
+        except Exception:
+            logger.debug("ignored error during shutdown", exc_info=True)
