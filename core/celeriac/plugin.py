@@ -64,10 +64,17 @@ def resolve(ref: str | Any) -> Any:
         return ref
     import importlib
 
+    from .exceptions import PluginLoadError
+
     module_name, _, attr = ref.partition(":")
-    obj = importlib.import_module(module_name)
-    for part in filter(None, attr.split(".")):
-        obj = getattr(obj, part)
+    try:
+        obj = importlib.import_module(module_name)
+        for part in filter(None, attr.split(".")):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise PluginLoadError(
+            f"cannot load {ref!r} named by a plugin record: {type(exc).__name__}: {exc}. "
+            f"Reinstall the plugin distribution that provides it.") from exc
     return obj
 
 
