@@ -149,6 +149,10 @@ class App:
 
                     conf = load_settings(overrides=self._overrides, config_file=self._config_file,
                                          sections=sections_from_plugins(self.plugins))
+                    from .routing import Router
+
+                    # Routes are checked now, not at the first send.
+                    Router(conf.task_routes, conf.task_default_queue)
                     self._conf = conf
                     self.plugins.hooks.call("celeriac_app_configured", app=self)
         return self._conf

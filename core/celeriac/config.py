@@ -2,7 +2,8 @@
 
 Every field's ``metadata["doc"]`` is its documentation; the configuration
 reference in ``docs/configuration.md`` is generated from these classes
-(``nox -s docs``), so it cannot drift. Loading (files, environment, keyword
+(``python -m celeriac.configdoc``; ``nox -s docs`` fails when it is out of
+date), so it cannot drift. Loading (files, environment, keyword
 arguments, precedence, error messages) lives in :mod:`celeriac.configloader`.
 """
 
@@ -14,7 +15,7 @@ from typing import Any
 import attrs
 
 
-def setting(default: Any, doc: str, *, factory: bool = False, env: str | None = None) -> Any:
+def setting(default: Any, doc: str, *, factory: bool = False) -> Any:
     """A documented setting. ``factory`` for mutable defaults (list, dict)."""
     meta = {"doc": doc}
     if factory:
@@ -136,8 +137,10 @@ class Settings:
 
 
 def setting_names() -> list[str]:
+    """The kernel's setting names (not plugin sections)."""
     return [f.name for f in attrs.fields(Settings) if f.name != "sections"]
 
 
 def setting_docs(cls: type = Settings) -> Mapping[str, str]:
+    """Each field's documentation, by name."""
     return {f.name: f.metadata.get("doc", "") for f in attrs.fields(cls) if f.name != "sections"}
