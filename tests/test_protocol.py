@@ -8,13 +8,19 @@ import json
 from pathlib import Path
 
 import pytest
+from celeriac.exceptions import ContentDisallowed, DecodeError, MessageError, MessageShapeError
+from celeriac.protocol import (
+    Embed,
+    Signature,
+    TaskHeaders,
+    TaskMessage,
+    TaskProperties,
+    decode,
+    encode,
+)
+from celeriac.serializer import Serializer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from celeriac.exceptions import ContentDisallowed, DecodeError, MessageError, MessageShapeError
-from celeriac.protocol import (Embed, Signature, TaskHeaders, TaskMessage, TaskProperties, decode,
-                               encode)
-from celeriac.serializer import Serializer
 
 CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "protocol" / "captures"
 

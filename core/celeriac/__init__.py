@@ -29,8 +29,13 @@ __all__ = sorted([*_LAZY, "signature"])
 
 if TYPE_CHECKING:
     from .app import App, current_app
-    from .exceptions import (ConfigurationError, MaxRetriesExceededError, Retry, TaskRevokedError,
-                             TimeoutError)
+    from .exceptions import (
+        ConfigurationError,
+        MaxRetriesExceededError,
+        Retry,
+        TaskRevokedError,
+        TimeoutError,
+    )
     from .protocol import Signature
     from .result import AsyncResult, EagerResult
     from .task import Task

@@ -103,7 +103,7 @@ def _load(ep: Any, role: str) -> Any:
         ) from exc
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def load_driver(role: str, name: str) -> Any:
     """Load the ``role`` driver registered under ``name`` (cached per process).
 

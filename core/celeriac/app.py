@@ -25,7 +25,7 @@ from .timeutils import UTC, now, to_iso
 if TYPE_CHECKING:
     import kombu
 
-    from .result import AsyncResult
+    from .result import AsyncResult as _AsyncResult
     from .routing import Router
     from .serialization import Serializers
     from .worker.worker import Worker
@@ -323,13 +323,13 @@ class App:
 
     # -- sending ---------------------------------------------------------------------
 
-    def AsyncResult(self, task_id: str, **kwargs: Any) -> AsyncResult:  # noqa: N802 - Celery's name
+    def AsyncResult(self, task_id: str, **kwargs: Any) -> _AsyncResult:  # noqa: N802 - Celery's name
         from .result import AsyncResult
 
         return AsyncResult(task_id, app=self, **kwargs)
 
     def send_task(self, name: str, args: Iterable[Any] | None = None,
-                  kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult:
+                  kwargs: Mapping[str, Any] | None = None, **options: Any) -> _AsyncResult:
         """Send task ``name`` by name (the task need not be registered here)."""
         unknown = set(options) - APPLY_OPTIONS
         if unknown:
@@ -404,7 +404,7 @@ class App:
         return self.nodename or f"gen{os.getpid()}@{socket.gethostname()}"
 
     def send_signature(self, sig: Signature, *, parent: Context | None = None,
-                       chain: tuple[Signature, ...] | None = None) -> AsyncResult:
+                       chain: tuple[Signature, ...] | None = None) -> _AsyncResult:
         """Send a signature (a callback, errback or chain step) as a task."""
         if sig.subtask_type is not None:
             raise NotImplementedError(

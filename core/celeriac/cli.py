@@ -30,7 +30,7 @@ EX_CONFIG = 78
 class Fail(click.ClickException):
     def __init__(self, message: str, code: int = EX_FAILURE) -> None:
         super().__init__(message)
-        self.exit_code = code
+        self.exit_code = code  # type: ignore[misc]
 
 
 def find_app(spec: str) -> Any:
@@ -45,7 +45,7 @@ def find_app(spec: str) -> Any:
     except ImportError as exc:
         raise Fail(f"cannot import {module_name!r} given with -A: {exc}", EX_CONFIG) from exc
     if attr:
-        obj = module
+        obj: Any = module
         for part in attr.split("."):
             obj = getattr(obj, part, None)
         if obj is None:

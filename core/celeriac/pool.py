@@ -33,7 +33,9 @@ import attrs
 class Job(Protocol):
     """One task call to run. Produced by the worker; opaque to the pool."""
 
-    id: str
+    @property
+    def id(self) -> str: ...
+
     soft_time_limit: float | None
     time_limit: float | None
 

@@ -165,7 +165,8 @@ class EagerResult(AsyncResult):
         assert self._cache is not None
         return self._cache
 
-    def get(self, timeout: float | None = None, propagate: bool = True, **_: Any) -> Any:
+    def get(self, timeout: float | None = None, propagate: bool = True,
+            disable_sync_subtasks: bool = True, **_: Any) -> Any:
         state = self._cache["status"]  # type: ignore[index]
         if state in states.EXCEPTION_STATES:
             if propagate:

@@ -13,6 +13,7 @@ a worker that dies loses nothing: its messages come back to the broker.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import itertools
 import logging
@@ -190,7 +191,7 @@ class Worker:
             timeout = BUSY_DRAIN_TIMEOUT if (self.active or self.reserved) else min(wait, IDLE_DRAIN_TIMEOUT)
             try:
                 self.connection.drain_events(timeout=timeout)
-            except socket.timeout:
+            except TimeoutError:
                 pass
             except errors as exc:
                 logger.error("lost the broker connection (%s); reconnecting", exc)
@@ -242,10 +243,10 @@ class Worker:
             return
         task = app.tasks.get(tm.name)
         if task is None:
-            exc = NotRegistered(tm.name)
-            self._dead_letter(message, exc.reason,
+            missing = NotRegistered(tm.name)
+            self._dead_letter(message, missing.reason,
                               f"task {tm.name!r} is not registered in this worker (is the module "
-                              f"in imports, and is every worker on this queue up to date?)", fail=exc)
+                              f"in imports, and is every worker on this queue up to date?)", fail=missing)
             return
         request = Request.build(message, tm, task, self.hostname)
         if request.is_expired():
@@ -306,7 +307,7 @@ class Worker:
             request.time_start = time.time()
             self.active[id(request)] = request
             job = TaskJob(request, self.tracer, time_limit=hard, soft_time_limit=soft)
-            self.pool.submit(job, lambda outcome, r=request: self._on_done(r, outcome))
+            self.pool.submit(job, functools.partial(self._on_done, request))
             if self.pool.inline:
                 self._drain_completions()
 
