@@ -25,7 +25,10 @@ _LAZY = {
     "ConfigurationError": "celeriac.exceptions",
 }
 
-__all__ = sorted([*_LAZY, "signature"])
+__all__ = [
+    "App", "AsyncResult", "ConfigurationError", "EagerResult", "MaxRetriesExceededError", "Retry",
+    "Signature", "Task", "TaskRevokedError", "TimeoutError", "current_app", "signature", "states",
+]
 
 if TYPE_CHECKING:
     from .app import App, current_app

@@ -77,7 +77,7 @@ class Cluster:
         return self._app
 
     def start_worker(self, name: str, *args: str) -> subprocess.Popen[bytes]:
-        out = open(self.root / f"{name}.out", "wb")
+        out = open(self.root / f"{name}.out", "wb")  # noqa: SIM115 - owned by the child
         proc = subprocess.Popen(
             [sys.executable, "-m", "celeriac", "-A", "e2e_tasks", "worker", "-n", f"{name}@e2e",
              "-l", "INFO", *args],
