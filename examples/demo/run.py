@@ -23,7 +23,7 @@ def main() -> int:
         # Worker and client must use the same SQLite files: point both at one directory.
         os.environ["CELERIAC_SQLITE__DIRECTORY"] = data_dir
         sys.path.insert(0, str(HERE))
-        from tasks import add, app, divide, flaky
+        from tasks import add, divide, flaky
 
         print(f"broker and results under {data_dir}")
         worker = subprocess.Popen(
