@@ -68,6 +68,12 @@ def _entry_points(group: str) -> list[Any]:
 
 def _dist_of(ep: Any) -> tuple[str, str]:
     dist = getattr(ep, "dist", None)
+    if dist is None and getattr(ep, "group", None):
+        # stevedore's cached entry points carry no distribution: find ours.
+        for candidate in _entry_points(ep.group):
+            if candidate.name == ep.name and candidate.value == ep.value:
+                dist = candidate.dist
+                break
     if dist is None:
         return "<unknown distribution>", "?"
     return dist.metadata["Name"] or dist.name, dist.version
@@ -217,20 +223,20 @@ class Plugins:
         self.pm.add_hookspecs(hookspecs)
         if entry_points:
             for name, obj in _lifecycle_plugins():
-                self.pm.register(obj, name=name)
+                self.register(obj, name=name)
         for obj in extra:
-            self.pm.register(obj)
+            self.register(obj)
+        self.hooks = Hooks(self.pm)
+
+    def register(self, obj: Any, name: str | None = None) -> None:
+        """Register a hook implementation; a bad one is a :class:`PluginLoadError`."""
         try:
+            self.pm.register(obj, name=name)
             self.pm.check_pending()
         except pluggy.PluginValidationError as exc:
             raise PluginLoadError(
                 f"{exc} (hooks are listed in celeriac.hookspecs and docs/plugins.md)"
             ) from exc
-        self.hooks = Hooks(self.pm)
-
-    def register(self, obj: Any, name: str | None = None) -> None:
-        self.pm.register(obj, name=name)
-        self.pm.check_pending()
 
     def names(self) -> list[str]:
         return [name for name, _ in self.pm.list_name_plugin()]

@@ -331,11 +331,7 @@ class App:
     def send_task(self, name: str, args: Iterable[Any] | None = None,
                   kwargs: Mapping[str, Any] | None = None, **options: Any) -> _AsyncResult:
         """Send task ``name`` by name (the task need not be registered here)."""
-        unknown = set(options) - APPLY_OPTIONS
-        if unknown:
-            bad = sorted(unknown)[0]
-            raise TypeError(f"unknown option {bad!r} for sending {name}."
-                            f"{_plugins.suggest(bad, APPLY_OPTIONS)}")
+        self.check_apply_options(name, options)
         task: Task | None = options.pop("task", None) or self.tasks.get(name)
         options.pop("retry", None), options.pop("retry_policy", None)
         message, queue = self.build_message(name, args, kwargs, task=task, **options)
@@ -344,6 +340,15 @@ class App:
         from .result import AsyncResult
 
         return AsyncResult(message.id, app=self, task_name=name)
+
+    @staticmethod
+    def check_apply_options(name: str, options: Mapping[str, Any]) -> None:
+        """Unknown ``apply_async`` options are errors (eager mode too), not ignored."""
+        unknown = set(options) - APPLY_OPTIONS
+        if unknown:
+            bad = sorted(unknown)[0]
+            raise TypeError(f"unknown option {bad!r} for sending {name}."
+                            f"{_plugins.suggest(bad, APPLY_OPTIONS)}")
 
     def build_message(self, name: str, args: Iterable[Any] | None, kwargs: Mapping[str, Any] | None,
                       *, task: Task | None = None, task_id: str | None = None,
@@ -381,7 +386,7 @@ class App:
         if priority is None:
             priority = self.conf.task_default_priority
         headers_ = TaskHeaders(
-            task=name, id=task_id, shadow=shadow, eta=_iso(eta), expires=_iso(expires),
+            task=name, id=task_id, shadow=shadow, eta=self._iso(eta), expires=self._iso(expires),
             group=group_id, group_index=group_index, retries=retries,
             timelimit=(time_limit, soft_time_limit), root_id=root_id or task_id,
             parent_id=parent_id, argsrepr=_saferepr(args), kwargsrepr=_saferepr(kwargs),
@@ -398,6 +403,14 @@ class App:
             args=args, kwargs=kwargs, embed=embed,
         )
         return message, route["queue"]
+
+    def _iso(self, value: datetime | str | None) -> str | None:
+        """ISO 8601 with an offset; a naive datetime is in the ``timezone`` setting."""
+        if isinstance(value, datetime) and value.tzinfo is None:
+            from zoneinfo import ZoneInfo
+
+            value = value.replace(tzinfo=ZoneInfo(self.conf.timezone)).astimezone(UTC)
+        return _iso(value)
 
     @property
     def origin(self) -> str:
@@ -429,7 +442,7 @@ class App:
                       **options: Any) -> str:
         """Send the retry of a running task (same id, ``retries + 1``); return its ETA."""
         when = eta if eta is not None else now() + timedelta(seconds=countdown or 0)
-        when_iso = _iso(when) or ""
+        when_iso = self._iso(when) or ""
         if request.is_eager:
             return when_iso
         queue = request.delivery_info.get("routing_key") or options.pop("queue", None) or \

@@ -83,7 +83,7 @@ def _load_app(ctx: click.Context) -> Any:
     if spec:
         app = find_app(spec)
     elif config:
-        app = App(config_file=config)
+        app = _app_of_config(App(config_file=config))
     elif os.environ.get("CELERIAC_APP"):
         app = find_app(os.environ["CELERIAC_APP"])
     else:
@@ -92,6 +92,30 @@ def _load_app(ctx: click.Context) -> Any:
     if not spec:
         app.import_modules()
     obj["app"] = app
+    return app
+
+
+def _app_of_config(app: Any) -> Any:
+    """The app a settings file describes.
+
+    Its ``imports`` are imported; a module there that creates its own App (as
+    ``App("proj")`` in a tasks module usually does) read the same file, through
+    ``CELERIAC_CONFIG``, so that App is the one with the tasks. With several,
+    their tasks are gathered on ``app``.
+    """
+    from .app import App
+
+    app.import_modules()
+    found: dict[int, Any] = {}
+    for name in app.conf.imports:
+        for value in vars(sys.modules[name]).values():
+            if isinstance(value, App) and value is not app:
+                found[id(value)] = value
+    if len(found) == 1:
+        return next(iter(found.values()))
+    for other in found.values():
+        for task_name, task in other.tasks.items():
+            app.tasks.setdefault(task_name, task)
     return app
 
 

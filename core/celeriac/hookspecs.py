@@ -50,7 +50,8 @@ def celeriac_config_sections() -> list[ConfigSection]:
     Called once when settings are loaded, before they are validated. Return a
     list of :class:`celeriac.plugin.ConfigSection`. A section name used by two
     plugins is an error naming both. Settings in a section that no installed
-    plugin declares are reported as unknown, like any misspelled key.
+    plugin declares are reported as unknown, like any misspelled key. An
+    exception here is propagated: settings cannot be loaded without it.
     """
 
 
@@ -152,7 +153,7 @@ def celeriac_task_postrun(task: Task, request: Request, retval: Any, state: str)
 def celeriac_cli_commands() -> list[click.Command]:
     """Return click commands to add to the ``celeriac`` command line.
 
-    A name already taken is an error naming both plugins.
+    A name already taken is an error. An exception here is propagated.
     """
 
 

@@ -1,9 +1,11 @@
 """Routing: which queue a task goes to (``task_routes``, ``queue=``, defaults).
 
-Celery's rules: an explicit ``queue=`` wins, then the first route that
-matches the task name (exact name or glob pattern, in order), then the
-task's own ``queue`` option, then ``task_default_queue``. Tasks are published
-through the default exchange with the queue's name as routing key.
+As in Celery 5: the first route in ``task_routes`` that matches the task
+name (exact name or glob pattern, in order) gives the routing options; the
+options of the call override them — an explicit ``queue=``, and the task's
+own ``queue`` attribute, which ``apply_async`` passes like an explicit
+option. With no queue from either, ``task_default_queue``. Tasks are
+published through the default exchange with the queue's name as routing key.
 """
 
 from __future__ import annotations
@@ -35,9 +37,13 @@ class Router:
 
     def route(self, name: str, options: Mapping[str, Any], task_queue: str | None = None) -> dict[str, Any]:
         """Routing options (``queue``, maybe ``priority``...) for task ``name``."""
-        if options.get("queue"):
-            return {"queue": options["queue"]}
+        merged: dict[str, Any] = {}
         for pattern, target in self.routes:
             if pattern == name or fnmatch.fnmatchcase(name, pattern):
-                return target
-        return {"queue": task_queue or self.default_queue}
+                merged.update(target)
+                break
+        explicit = options.get("queue") or task_queue
+        if explicit:
+            merged["queue"] = explicit
+        merged.setdefault("queue", self.default_queue)
+        return merged

@@ -140,6 +140,7 @@ class Task:
         ``link_error``, ``ignore_result``, ``time_limit``, ``soft_time_limit``,
         ``shadow``, ``serializer``."""
         if self.app.conf.task_always_eager:
+            self.app.check_apply_options(self.name, options)
             return self.apply(args, kwargs, **options)
         return self.app.send_task(self.name, args, kwargs, task=self, **options)
 

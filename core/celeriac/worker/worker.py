@@ -229,9 +229,10 @@ class Worker:
         app = self.app
         count = (message.delivery_info or {}).get("delivery_count")
         if isinstance(count, int) and count > app.conf.worker_max_deliveries:
-            self._dead_letter(message, "redelivered",
-                              f"delivered {count} times (worker_max_deliveries is "
-                              f"{app.conf.worker_max_deliveries}); it may crash the workers that run it")
+            detail = (f"delivered {count} times (worker_max_deliveries is "
+                      f"{app.conf.worker_max_deliveries}); it may crash the workers that run it")
+            self._dead_letter(message, "redelivered", detail,
+                              fail=MessageError(detail, reason="redelivered"))
             return
         serializers = app.serializers
         try:
