@@ -121,6 +121,13 @@ class TransportPlugin:
     """The transport puts ``delivery_count`` (1 on the first delivery) in each
     message's ``delivery_info``; the worker dead-letters a message delivered
     more than ``worker_max_deliveries`` times."""
+    interrupt: Callable[[Any], None] | None = None
+    """``interrupt(connection)``: make a ``drain_events`` blocked on this kombu
+    connection in another thread return now. Must be thread-safe, and sticky:
+    a call made while no ``drain_events`` is blocked makes the next one return
+    at once, so that no wake-up is lost between two calls. The worker
+    calls it when a task finishes in a pool thread and when it is asked to
+    stop; without it, the worker polls with short timeouts while tasks run."""
     prepare: Callable[[str, Settings, str], BrokerTarget] | None = None
     """``prepare(url, settings, app_name)``: fill in defaults (a file path, a
     port) and return the :class:`BrokerTarget`. ``None`` means use the URL as it is."""

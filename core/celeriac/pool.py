@@ -10,7 +10,10 @@ Rules every pool keeps (checked by :class:`celeriac.testing.contracts.PoolContra
 * ``on_done(outcome)`` is called exactly once per submitted job, with the
   value ``job.run()`` returned, or with a :class:`JobFailed` when the job could
   not finish (the process died, the hard time limit ended it). It may be called
-  from any thread; the worker makes it thread-safe.
+  from any thread; the worker makes it thread-safe. The one exception: a job
+  handed back by ``stop()`` or ``terminate()`` gets no ``on_done``, even if it
+  finishes later (its message is requeued; it must not also be acknowledged).
+* ``submit`` after ``stop`` raises :class:`RuntimeError`.
 * ``submit`` never blocks for longer than it takes to hand the job over,
   except in pools with ``inline = True`` (solo), where it runs the job.
 * ``stop(timeout)`` stops taking jobs, waits up to ``timeout`` seconds for

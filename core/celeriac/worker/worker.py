@@ -72,6 +72,7 @@ class Worker:
         self.concurrency = self.pool.concurrency
         self.prefetch_limit = multiplier * self.concurrency if multiplier else None
         self.transport = app.transport
+        self._interrupt = self.transport.interrupt
         self.tracer = Tracer(app, self.hostname)
         self.hooks = app.plugins.hooks
 
@@ -95,7 +96,16 @@ class Worker:
         """Ask the loop to stop: warm (finish running tasks) or cold."""
         self._cold = self._cold or cold
         self._stop.set()
+        self._wake()
+
+    def _wake(self) -> None:
+        """Wake the loop thread, wherever it waits (thread-safe)."""
         self._wakeup.set()
+        if self._interrupt is not None and self.connection is not None:
+            try:
+                self._interrupt(self.connection)
+            except Exception:
+                logger.debug("transport interrupt failed", exc_info=True)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         if self._stop.is_set():
@@ -188,7 +198,8 @@ class Worker:
                 self._wakeup.wait(min(wait, 0.5))
                 self._wakeup.clear()
                 continue
-            timeout = BUSY_DRAIN_TIMEOUT if (self.active or self.reserved) else min(wait, IDLE_DRAIN_TIMEOUT)
+            busy = (self.active or self.reserved) and self._interrupt is None
+            timeout = BUSY_DRAIN_TIMEOUT if busy else min(wait, IDLE_DRAIN_TIMEOUT)
             try:
                 self.connection.drain_events(timeout=timeout)
             except TimeoutError:
@@ -323,7 +334,8 @@ class Worker:
     def _on_done(self, request: Request, outcome: Any) -> None:
         # Called from pool threads: only hand over, the loop thread acks.
         self._completions.put((request, outcome))
-        self._wakeup.set()
+        if not self.pool.inline:
+            self._wake()
 
     def _drain_completions(self) -> None:
         while True:
