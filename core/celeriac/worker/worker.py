@@ -305,9 +305,9 @@ class Worker:
     # -- running -------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        while self.reserved and not self._stop.is_set() and \
-                (self.pool.inline or self.pool.active < self.concurrency) and \
-                len(self.active) < self.concurrency:
+        # Our own count of jobs whose on_done has not come back is the gate: a
+        # pool may report a job done before its own bookkeeping says so.
+        while self.reserved and not self._stop.is_set() and len(self.active) < self.concurrency:
             request = self.reserved.popleft()
             if request.is_expired():
                 self._revoke(request, "expired")

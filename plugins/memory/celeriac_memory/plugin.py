@@ -7,9 +7,17 @@ per backend URL.
 
 from __future__ import annotations
 
+from typing import Any
+
 from celeriac.plugin import BackendPlugin, TransportPlugin
 
 __all__ = ["backend", "transport"]
+
+
+def interrupt(connection: Any) -> None:
+    """Wake a worker blocked in ``drain_events`` on ``connection``."""
+    connection.transport.wake()
+
 
 transport = TransportPlugin(
     name="memory",
@@ -20,6 +28,7 @@ transport = TransportPlugin(
     broadcast=True,
     leases=False,
     delivery_count=True,
+    interrupt=interrupt,
 )
 """Registration record named by the ``memory`` transport entry point."""
 

@@ -399,6 +399,18 @@ class Transport(virtual.Transport):
                 return
             except Empty:
                 pass
+            if self._interrupted:
+                self._interrupted = False
+                raise TimeoutError()
             if not self.broker.wait_for_change(seen, deadline):
                 raise TimeoutError()
+
+    _interrupted = False
+
+    def wake(self) -> None:
+        """Make a ``drain_events`` blocked in another thread return (sticky:
+        a wake while none is blocked makes the next one return at once)."""
+        self._interrupted = True
+        with self.broker.changed:
+            self.broker._bump()
 

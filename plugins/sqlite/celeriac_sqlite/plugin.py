@@ -259,6 +259,7 @@ transport = TransportPlugin(
     broadcast=True,
     leases=True,
     delivery_count=True,
+    interrupt=lambda connection: connection.transport.wake(),
     prepare=prepare_broker,
 )
 """The ``celeriac.transports: sqlite`` entry point."""

@@ -167,8 +167,12 @@ class Transport(virtual.Transport):
         if gone:
             self.store.unregister_waiter(self._bell.addr, gone)
 
+    _interrupted = False
+
     def wake(self) -> None:
-        """Interrupt a ``drain_events`` sleeping in another thread."""
+        """Make a ``drain_events`` sleeping in another thread return (sticky:
+        a wake while none sleeps makes the next one return at once)."""
+        self._interrupted = True
         if self._bell is not None:
             self._bell.ring()
 
@@ -194,6 +198,9 @@ class Transport(virtual.Transport):
                 return
             except Empty:
                 pass
+            if self._interrupted:
+                self._interrupted = False
+                raise TimeoutError()
             wait = self.polling_interval
             next_due = self._next_due
             if next_due is not None:
