@@ -328,3 +328,32 @@ class TestCeleriacConfigOverride:
     def test_celeriac_config_reaches_the_eager_app(self, celeriac_eager_app):
         assert celeriac_eager_app.conf.task_default_queue == "custom_q"
         assert celeriac_eager_app.conf.task_always_eager
+
+
+def test_dispatch_does_not_wait_on_the_pools_own_active_count(make_app):
+    """A pool may report a job finished (on_done) before its own ``active``
+    count drops. The worker must count outstanding jobs itself: here the
+    pool's ``active`` never drops at all, and every task must still run."""
+    from celeriac_threads import ThreadPool
+
+    class LaggingPool(ThreadPool):
+        @property
+        def active(self) -> int:
+            return self.concurrency
+
+    app = make_app()
+
+    @app.task
+    def double(x):
+        return 2 * x
+
+    results = [double.delay(i) for i in range(20)]
+    worker = app.Worker(pool="threads", concurrency=1, install_signal_handlers=False)
+    worker.pool = LaggingPool(1)
+    thread = threading.Thread(target=worker.start, daemon=True)
+    thread.start()
+    try:
+        assert [r.get(timeout=30) for r in results] == [2 * i for i in range(20)]
+    finally:
+        worker.stop()
+        thread.join(30)
