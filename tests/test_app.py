@@ -755,3 +755,37 @@ def test_send_task_by_name_runs_a_task_only_the_worker_knows(make_app):
     with start_worker(server, pool="threads", concurrency=1):
         result = client.send_task("remote.add", (2, 3))
         assert result.get(timeout=30) == 5
+
+
+def test_a_message_is_encoded_with_the_serializer_the_task_or_call_names(make_app):
+    from celeriac.exceptions import PluginNotFound
+
+    app = make_app()
+
+    @app.task(serializer="json")
+    def echo(x):
+        return x
+
+    @app.task(serializer="yamlish")
+    def odd(x):
+        return x
+
+    assert echo.apply_async((1,), serializer="json").id
+    with pytest.raises(PluginNotFound, match="yamlish"):
+        odd.delay(1)
+    with pytest.raises(PluginNotFound, match="nope"):
+        echo.apply_async((1,), serializer="nope")
+
+
+def test_the_worker_says_rate_limits_are_not_enforced(make_app, caplog):
+    from celeriac.testing.worker import start_worker
+
+    app = make_app()
+
+    @app.task(rate_limit="10/s")
+    def limited():
+        return 1
+
+    with caplog.at_level("WARNING", logger="celeriac.worker"), start_worker(app):
+        assert limited.delay().get(timeout=30) == 1
+    assert any("rate limits are not enforced" in r.getMessage() for r in caplog.records)

@@ -335,8 +335,9 @@ class App:
         task: Task | None = options.pop("task", None) or self.tasks.get(name)
         options.pop("retry", None), options.pop("retry_policy", None)
         message, queue = self.build_message(name, args, kwargs, task=task, **options)
+        serializer = options.get("serializer") or (task.serializer if task is not None else None)
         self.publish(message, queue=queue, exchange=options.get("exchange") or "",
-                     routing_key=options.get("routing_key") or queue)
+                     routing_key=options.get("routing_key") or queue, serializer=serializer)
         from .result import AsyncResult
 
         return AsyncResult(message.id, app=self, task_name=name)
@@ -459,7 +460,7 @@ class App:
             args=tuple(args) if args is not None else original.args,
             kwargs=dict(kwargs) if kwargs is not None else original.kwargs,
         )
-        self.publish(message, queue=queue, exchange="", routing_key=queue)
+        self.publish(message, queue=queue, exchange="", routing_key=queue, serializer=task.serializer)
         return when_iso
 
     # -- publishing ------------------------------------------------------------------
@@ -477,8 +478,13 @@ class App:
         return local.producer, local.declared
 
     def publish(self, message: TaskMessage, *, queue: str, exchange: str = "",
-                routing_key: str | None = None) -> None:
-        """Encode and send one task message (declaring its queue once per connection)."""
+                routing_key: str | None = None, serializer: str | None = None) -> None:
+        """Encode and send one task message (declaring its queue once per connection).
+
+        ``serializer`` names a serializer plugin for this message (the task's
+        ``serializer`` option or ``apply_async(serializer=...)``); default
+        ``task_serializer``.
+        """
         from .protocol import encode
 
         routing_key = routing_key or queue
@@ -486,7 +492,8 @@ class App:
         hooks.call("celeriac_before_publish", app=self, message=message, exchange=exchange,
                    routing_key=routing_key)
         serializers = self.serializers
-        wire = encode(message, serializers.task, serializers.compressor)
+        chosen = serializers.task if serializer is None else serializers.by_name(serializer)
+        wire = encode(message, chosen, serializers.compressor)
         producer, declared = self._producer()
         declare = []
         if queue not in declared:

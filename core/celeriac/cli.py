@@ -369,6 +369,8 @@ def plugins(as_json: bool, show_hooks: bool) -> None:
     for info in _plugins.entry_point_infos():
         row: dict[str, Any] = {"role": info.role, "name": info.name, "distribution": info.distribution,
                                "version": info.version, "entry_point": info.value}
+        if info.role == "plugin":
+            row["provides"] = "lifecycle hooks and settings sections (--hooks lists them)"
         if info.role in _plugins.RECORD_TYPES:
             try:
                 record = _plugins.load_driver(info.role, info.name)

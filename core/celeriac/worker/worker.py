@@ -134,6 +134,7 @@ class Worker:
         try:
             self._connect()
             logger.info("%s", self.banner())
+            self._warn_unsupported()
             self.ready.set()
             self.hooks.call("celeriac_worker_ready", worker=self)
             if self.ready_callback:
@@ -160,6 +161,13 @@ class Worker:
         self._producer = self.connection.Producer()
         self._dead_letter_queue = self.app.queue(self.app.conf.worker_dead_letter_queue)
         self._dead_letter_queue(self._producer.channel).declare()
+
+    def _warn_unsupported(self) -> None:
+        """Say once, at start-up, which task options this worker cannot honour."""
+        limited = sorted(name for name, task in self.app.tasks.items() if task.option("rate_limit"))
+        if limited:
+            logger.warning("rate limits are not enforced by this worker version; tasks with "
+                           "rate_limit run unthrottled: %s", ", ".join(limited))
 
     def banner(self) -> str:
         import celeriac
