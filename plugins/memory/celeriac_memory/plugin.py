@@ -16,7 +16,7 @@ __all__ = ["backend", "transport"]
 
 def interrupt(connection: Any) -> None:
     """Wake a worker blocked in ``drain_events`` on ``connection``."""
-    connection.transport.wake()
+    connection.transport.interrupt()
 
 
 transport = TransportPlugin(

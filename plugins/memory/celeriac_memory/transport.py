@@ -407,7 +407,7 @@ class Transport(virtual.Transport):
 
     _interrupted = False
 
-    def wake(self) -> None:
+    def interrupt(self) -> None:
         """Make a ``drain_events`` blocked in another thread return (sticky:
         a wake while none is blocked makes the next one return at once)."""
         self._interrupted = True

@@ -15,6 +15,8 @@
 from __future__ import annotations
 
 import logging
+import mmap
+import os
 import select
 import socket
 import threading
@@ -43,6 +45,46 @@ class LeaseHolder(Protocol):
     def renew_leases(self) -> None: ...
 
 
+class ListeningFlags:
+    """One byte per loopback UDP port, in a file mapped by every process of a
+    broker file (``<broker>-wake``): 1 while the consumer owning that port's
+    doorbell is idle inside ``drain_events`` and could take a message (its
+    prefetch window has room), 0 otherwise (running tasks, window full).
+
+    A publisher rings only idle consumers for a new ready message: a busy
+    one claims before it sleeps again. The protocol
+    that loses no wake-up: a consumer whose claim found nothing sets its byte,
+    then claims once more before it sleeps; a publisher reads the bytes after
+    its commit. Either the publisher sees the byte and rings, or the byte was
+    set after the commit and the consumer's second claim sees the message.
+    A port is unique among live sockets on the host, so bytes are never
+    shared; a stale byte only costs a wasted ring.
+    """
+
+    SIZE = 65536
+
+    def __init__(self, path: str) -> None:
+        fd = os.open(path + "-wake", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            if os.fstat(fd).st_size < self.SIZE:
+                os.ftruncate(fd, self.SIZE)
+            self._map = mmap.mmap(fd, self.SIZE)
+        finally:
+            os.close(fd)
+
+    def set(self, port: int, listening: bool) -> None:
+        self._map[port] = 1 if listening else 0
+
+    def listening(self, port: int) -> bool:
+        return self._map[port] != 0
+
+    def close(self) -> None:
+        try:
+            self._map.close()
+        except (BufferError, ValueError):
+            pass
+
+
 class Doorbell:
     """A loopback UDP socket a consumer sleeps on; publishers send it a byte.
 
@@ -56,6 +98,7 @@ class Doorbell:
         self.sock.bind(("127.0.0.1", 0))
         self.sock.setblocking(False)
         self._target = self.sock.getsockname()
+        self.port: int = self._target[1]
         self.addr = f"{self._target[0]}:{self._target[1]}"
 
     def fileno(self) -> int:

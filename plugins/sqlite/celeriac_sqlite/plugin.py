@@ -259,7 +259,7 @@ transport = TransportPlugin(
     broadcast=True,
     leases=True,
     delivery_count=True,
-    interrupt=lambda connection: connection.transport.wake(),
+    interrupt=lambda connection: connection.transport.interrupt(),
     prepare=prepare_broker,
 )
 """The ``celeriac.transports: sqlite`` entry point."""

@@ -26,7 +26,7 @@ import time
 from collections.abc import Iterable, Sequence
 
 from ._sqlite import SharedConnection
-from .heartbeat import DELAYED, READY, Heartbeat
+from .heartbeat import DELAYED, READY, Heartbeat, ListeningFlags
 from .schema import (
     ACK,
     BROADCAST_PROBE,
@@ -95,6 +95,8 @@ class BrokerStore:
         self._ttls: dict[str, tuple[float, float | None]] = {}
         self._declared: dict[str, float | None] = {}
         self._sender: socket.socket | None = None
+        #: Which consumers are inside drain_events (shared by every process).
+        self.flags = ListeningFlags(path)
         #: Renews the leases of this process's channels (see :mod:`.heartbeat`).
         self.heartbeat = Heartbeat(path, self._refresh_waiters)
 
@@ -456,7 +458,11 @@ class BrokerStore:
         return addrs
 
     def ring(self, key: str, kind: bytes = READY) -> None:
-        """Send one datagram to each live consumer of ``key``."""
+        """Wake consumers of ``key``: for a new ready message, those idle in
+        ``drain_events`` (see :class:`ListeningFlags`; busy ones claim before
+        they sleep again); for a delayed one, every consumer, since each plans
+        its own sleep from the next due time.
+        """
         addrs = self.waiters(key)
         if not addrs:
             return
@@ -464,6 +470,12 @@ class BrokerStore:
         if sender is None:
             sender = self._sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sender.setblocking(False)
+        if kind == READY:
+            # Every idle one, not just one: a consumer killed while idle leaves
+            # its byte set until its waiter row is pruned, and must not absorb
+            # the only ring.
+            idle = self.flags.listening
+            addrs = [addr for addr in addrs if idle(addr[1])]
         for addr in addrs:
             try:
                 sender.sendto(kind, addr)
@@ -479,6 +491,7 @@ class BrokerStore:
     def close(self) -> None:
         """Stop the heartbeat and close the connection (reopened if used again)."""
         self.heartbeat.stop()
+        self.flags.close()
         if self._sender is not None:
             self._sender.close()
             self._sender = None

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from collections import Counter
 from queue import Empty
@@ -168,10 +169,18 @@ class Transport(virtual.Transport):
             self.store.unregister_waiter(self._bell.addr, gone)
 
     _interrupted = False
+    _drain_thread: int | None = None
 
     def wake(self) -> None:
+        """Have a ``drain_events`` sleeping in another thread look again
+        (an ack freed a prefetch slot). Nothing to do from the draining thread."""
+        drainer = self._drain_thread
+        if self._bell is not None and drainer is not None and drainer != threading.get_ident():
+            self._bell.ring()
+
+    def interrupt(self) -> None:
         """Make a ``drain_events`` sleeping in another thread return (sticky:
-        a wake while none sleeps makes the next one return at once)."""
+        an interrupt while none sleeps makes the next one return at once)."""
         self._interrupted = True
         if self._bell is not None:
             self._bell.ring()
@@ -188,6 +197,21 @@ class Transport(virtual.Transport):
         deadline = None if timeout is None else _monotonic() + timeout
         assert self.cycle is not None
         get = self.cycle.get
+        self._drain_thread = threading.get_ident()
+        bell = self._bell
+        try:
+            self._drain(get, timeout, deadline)
+        finally:
+            self._drain_thread = None
+            if bell is not None and self.store is not None:
+                self.store.flags.set(bell.port, False)
+
+    def _can_consume(self) -> bool:
+        return any(channel.qos.can_consume() for channel in self.channels
+                   if getattr(channel, "_consumers", None))
+
+    def _drain(self, get: Any, timeout: float | None, deadline: float | None) -> None:
+        idle = False
         while True:
             bell = self._bell
             if bell is not None and bell.clear():
@@ -198,6 +222,19 @@ class Transport(virtual.Transport):
                 return
             except Empty:
                 pass
+            bell = self._bell
+            if bell is not None and self.store is not None:
+                # Advertise that we are idle, then look once more (ListeningFlags).
+                can = self._can_consume()
+                if can != idle:
+                    self.store.flags.set(bell.port, can)
+                    idle = can
+                    if can:
+                        try:
+                            get(self._deliver, timeout=timeout)
+                            return
+                        except Empty:
+                            pass
             if self._interrupted:
                 self._interrupted = False
                 raise TimeoutError()
