@@ -789,3 +789,42 @@ def test_the_worker_says_rate_limits_are_not_enforced(make_app, caplog):
     with caplog.at_level("WARNING", logger="celeriac.worker"), start_worker(app):
         assert limited.delay().get(timeout=30) == 1
     assert any("rate limits are not enforced" in r.getMessage() for r in caplog.records)
+
+
+def test_bulk_publish_sends_everything_when_the_block_ends(make_app):
+    from celeriac.testing.worker import start_worker
+
+    app = make_app()
+
+    @app.task
+    def double(x):
+        return 2 * x
+
+    with app.bulk_publish():
+        results = [double.delay(i) for i in range(50)]
+        with app.bulk_publish():  # nested: the outermost block sends
+            results.append(double.delay(50))
+        assert _queued(app) == 0, "nothing is sent before the block ends"
+    assert _queued(app) == 51
+    with start_worker(app):
+        assert [r.get(timeout=30) for r in results] == [2 * i for i in range(51)]
+
+
+def test_bulk_publish_sends_nothing_when_the_block_raises(make_app):
+    app = make_app()
+
+    @app.task
+    def noop():
+        return None
+
+    with pytest.raises(RuntimeError), app.bulk_publish():
+        noop.delay()
+        raise RuntimeError("changed my mind")
+    assert _queued(app) == 0
+    noop.delay()  # and publishing works normally afterwards
+    assert _queued(app) == 1
+
+
+def _queued(app) -> int:
+    with app.connection() as conn:
+        return app.queue("celery")(conn.channel()).queue_declare(passive=False).message_count

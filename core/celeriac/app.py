@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -477,6 +478,54 @@ class App:
             local.producer = local.connection.Producer()
         return local.producer, local.declared
 
+    @contextlib.contextmanager
+    def bulk_publish(self) -> Iterator[None]:
+        """Send every task message published in this thread inside the block
+        together, when the block ends, in one round trip if the transport
+        offers it (SQLite: one transaction; see ``TransportPlugin.publish_many``).
+
+        ``delay``/``apply_async``/``send_task`` return their results at once as
+        usual. If the block raises, nothing buffered is sent. Blocks nest: the
+        outermost one sends.
+        """
+        local = self._local
+        if getattr(local, "bulk", None) is not None:
+            yield
+            return
+        local.bulk = []
+        try:
+            yield
+            pending, local.bulk = local.bulk, None
+            self._publish_many(pending)
+        finally:
+            local.bulk = None
+
+    def _publish_many(self, pending: list[tuple[TaskMessage, Any, str, str, str]]) -> None:
+        if not pending:
+            return
+        producer, declared = self._producer()
+        channel = producer.channel
+        for queue in {queue for _, _, queue, _, _ in pending} - declared:
+            self.queue(queue)(channel).declare()
+            declared.add(queue)
+        items = []
+        for _message, wire, _queue, exchange, routing_key in pending:
+            props = dict(wire.properties)
+            priority = props.pop("priority", None)
+            raw = channel.prepare_message(wire.body, priority, wire.content_type,
+                                          wire.content_encoding, wire.headers, props)
+            items.append((raw, exchange, routing_key))
+        publish_many = self.transport.publish_many
+        if publish_many is not None:
+            publish_many(channel, items)
+        else:
+            for raw, exchange, routing_key in items:
+                channel.basic_publish(raw, exchange, routing_key)
+        hooks = self.plugins.hooks
+        for message, _wire, _queue, exchange, routing_key in pending:
+            hooks.call("celeriac_after_publish", app=self, message=message, exchange=exchange,
+                       routing_key=routing_key)
+
     def publish(self, message: TaskMessage, *, queue: str, exchange: str = "",
                 routing_key: str | None = None, serializer: str | None = None) -> None:
         """Encode and send one task message (declaring its queue once per connection).
@@ -494,6 +543,10 @@ class App:
         serializers = self.serializers
         chosen = serializers.task if serializer is None else serializers.by_name(serializer)
         wire = encode(message, chosen, serializers.compressor)
+        bulk = getattr(self._local, "bulk", None)
+        if bulk is not None:
+            bulk.append((message, wire, queue, exchange, routing_key))
+            return
         producer, declared = self._producer()
         declare = []
         if queue not in declared:

@@ -128,6 +128,13 @@ class TransportPlugin:
     at once, so that no wake-up is lost between two calls. The worker
     calls it when a task finishes in a pool thread and when it is asked to
     stop; without it, the worker polls with short timeouts while tasks run."""
+    publish_many: Callable[[Any, list[tuple[dict[str, Any], str, str]]], None] | None = None
+    """``publish_many(channel, items)``: send many messages in one round trip
+    to the broker (one transaction, one pipeline), all or none where the broker
+    allows. ``items`` are ``(message, exchange, routing_key)`` with messages
+    made by kombu's ``channel.prepare_message``; ``channel`` is a channel of a
+    connection made by the kernel. Used to flush ``app.bulk_publish()``
+    blocks; without it those messages are published one by one."""
     prepare: Callable[[str, Settings, str], BrokerTarget] | None = None
     """``prepare(url, settings, app_name)``: fill in defaults (a file path, a
     port) and return the :class:`BrokerTarget`. ``None`` means use the URL as it is."""

@@ -181,6 +181,27 @@ class Channel(virtual.Channel):
 
     def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
         """Insert ``message``; invisible until its ``eta`` header when that is ahead."""
+        self._store.publish(*self._row(queue, message))
+
+    def publish_many(self, items: list[tuple[dict[str, Any], str, str]]) -> None:
+        """Publish prepared messages in one transaction (``TransportPlugin.publish_many``).
+
+        Messages to the default exchange (how tasks travel) are inserted
+        together; any other exchange is routed one message at a time as
+        ``basic_publish`` does.
+        """
+        rows = []
+        for message, exchange, routing_key in items:
+            if exchange:
+                self.basic_publish(message, exchange, routing_key)
+                continue
+            self._inplace_augment_message(message, exchange, routing_key)
+            rows.append(self._row(routing_key, message))
+        self._store.publish_many(rows)
+
+    def _row(self, queue: str, message: dict[str, Any]) -> tuple[str, int, float | None,
+                                                                 float | None, str]:
+        """The ``kombu_message`` row of ``message`` in ``queue``."""
         now = _time()
         visible_at = None
         headers = message.get("headers")
@@ -199,8 +220,8 @@ class Channel(virtual.Channel):
             ttl = self._store.queue_ttl(queue)
             if ttl is not None:
                 expires_at = now + ttl
-        self._store.publish(queue, self._get_message_priority(message), visible_at, expires_at,
-                            _encode(message))
+        return (queue, self._get_message_priority(message), visible_at, expires_at,
+                _encode(message))
 
     def _put_fanout(self, exchange: str, message: dict[str, Any], routing_key: str,
                     **kwargs: Any) -> None:

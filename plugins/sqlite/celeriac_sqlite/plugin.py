@@ -260,6 +260,7 @@ transport = TransportPlugin(
     leases=True,
     delivery_count=True,
     interrupt=lambda connection: connection.transport.interrupt(),
+    publish_many=lambda channel, items: channel.publish_many(items),
     prepare=prepare_broker,
 )
 """The ``celeriac.transports: sqlite`` entry point."""

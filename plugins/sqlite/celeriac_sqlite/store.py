@@ -109,6 +109,26 @@ class BrokerStore:
             conn.execute(INSERT, (queue, priority, visible_at, expires_at, payload))
         self.ring(queue, DELAYED if visible_at is not None else READY)
 
+    def publish_many(self, rows: Sequence[tuple[str, int, float | None, float | None, str]]) -> None:
+        """Insert many messages in one transaction, then wake each queue's consumers once."""
+        if not rows:
+            return
+        with self.db as conn:
+            # Autocommit would make each row its own transaction: one for all.
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                conn.executemany(INSERT, rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        kinds: dict[str, bytes] = {}
+        for queue, _priority, visible_at, _expires, _payload in rows:
+            if visible_at is not None or queue not in kinds:
+                kinds[queue] = DELAYED if visible_at is not None else kinds.get(queue, READY)
+        for queue, kind in kinds.items():
+            self.ring(queue, kind)
+
     def claim(self, queue: str, n: int, token: str, lease_until: float, *,
               take: bool = False, acks: Sequence[int] = ()) -> list[tuple]:
         """Lease up to ``n`` ready messages of ``queue`` (highest priority,

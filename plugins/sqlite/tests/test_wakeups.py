@@ -84,3 +84,36 @@ def test_a_message_published_while_the_consumer_was_busy_is_still_received(tmp_p
             producer.publish({"n": 2}, routing_key="q")
             consumer_conn.drain_events(timeout=10)
     assert got == [{"n": 1}, {"n": 2}]
+
+
+def test_bulk_publish_is_one_transaction_that_workers_drain(tmp_path):
+    """``publish_many`` inserts a batch at once; a fanout item in the batch
+    still goes to every bound queue."""
+    from celeriac_sqlite.plugin import transport as record
+    from celeriac_sqlite.transport import Transport
+    from kombu import Connection, Exchange, Queue
+
+    url = f"sqlite:///{tmp_path}/b.sqlite3"
+    fan = Exchange("fan", type="fanout")
+    with Connection(url, transport=Transport) as conn:
+        channel = conn.channel()
+        Queue("q", routing_key="q")(channel).declare()
+        for name in ("f1", "f2"):
+            Queue(name, exchange=fan, routing_key="")(channel).declare()
+        items = [(channel.prepare_message(f'{{"n": {i}}}'.encode(), 0, "application/json", "utf-8",
+                                          {}, {}), "", "q") for i in range(100)]
+        items.append((channel.prepare_message(b'"all"', 0, "application/json", "utf-8", {}, {}),
+                      "fan", ""))
+        record.publish_many(channel, items)
+        got = []
+        with conn.SimpleQueue("q") as q:
+            for _ in range(100):
+                message = q.get(timeout=10)
+                got.append(message.payload["n"])
+                message.ack()
+        assert got == list(range(100))
+        for name in ("f1", "f2"):
+            with conn.SimpleQueue(Queue(name, exchange=fan, routing_key="")) as q:
+                message = q.get(timeout=10)
+                assert message.payload == "all"
+                message.ack()
