@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .states import READY_STATES
@@ -94,16 +94,27 @@ class ResultBackend(ABC):
                 found[task_id] = doc
         return found
 
+    #: Backoff of :meth:`poll_until_ready`, in seconds.
+    first_poll: float = 0.002
+    max_poll: float = 0.05
+
     def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any] | None:
         """Block until ``task_id`` is in a ready state; return its document.
 
         Returns the last document seen (possibly ``None``) when ``timeout``
         seconds pass first.
         """
+        return self.poll_until_ready(lambda: self.get(task_id), timeout)
+
+    def poll_until_ready(self, fetch: Callable[[], dict[str, Any] | None],
+                         timeout: float | None) -> dict[str, Any] | None:
+        """Call ``fetch`` with a backoff from ``first_poll`` to ``max_poll``
+        until it returns a document in a ready state, or ``timeout`` passes
+        (then the last document seen, or ``None``)."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        delay = 0.002
+        delay = self.first_poll
         while True:
-            doc = self.get(task_id)
+            doc = fetch()
             if doc is not None and doc.get("status") in READY_STATES:
                 return doc
             if deadline is not None:
@@ -112,7 +123,7 @@ class ResultBackend(ABC):
                     return doc
                 delay = min(delay, left)
             time.sleep(delay)
-            delay = min(delay * 1.5, 0.05)
+            delay = min(delay * 1.5, self.max_poll)
 
     def cleanup(self) -> int:
         """Remove expired documents for good; return how many."""

@@ -3,6 +3,7 @@ broker and result store in a temporary directory."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -122,9 +123,9 @@ class Cluster:
                 proc.wait()
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path)
+@contextlib.contextmanager
+def _running_cluster(root: Path, **options: float) -> Iterator[Cluster]:
+    c = Cluster(root, **options)
     saved = dict(os.environ)
     try:
         yield c
@@ -135,20 +136,17 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         os.environ.clear()
         os.environ.update(saved)
         sys.modules.pop("e2e_tasks", None)
-        if str(tmp_path) in sys.path:
-            sys.path.remove(str(tmp_path))
+        if str(root) in sys.path:
+            sys.path.remove(str(root))
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    with _running_cluster(tmp_path) as c:
+        yield c
 
 
 @pytest.fixture
 def short_lease_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster(tmp_path, visibility_timeout=2.0)
-    saved = dict(os.environ)
-    try:
+    with _running_cluster(tmp_path, visibility_timeout=2.0) as c:
         yield c
-    finally:
-        c.stop_all()
-        if c._app is not None:
-            c._app.close()
-        os.environ.clear()
-        os.environ.update(saved)
-        sys.modules.pop("e2e_tasks", None)

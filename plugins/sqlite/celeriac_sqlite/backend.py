@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from celeriac.backend import Codec, ResultBackend
-from celeriac.states import READY_STATES, SUCCESS
+from celeriac.states import SUCCESS
 
 from ._sqlite import SharedConnection
 from .plugin import results_path, section_settings
@@ -161,26 +161,22 @@ class SQLiteBackend(ResultBackend):
 
     def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any] | None:
         """Block until ``task_id`` is ready; re-read only when the file changed."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        delay = self.first_poll
         seen: tuple[int, int] | None = None
-        doc = None
-        while True:
+        doc: dict[str, Any] | None = None
+
+        def fetch() -> dict[str, Any] | None:
+            nonlocal seen, doc
             with self.db as conn:
+                # data_version moves only when another connection commits: an
+                # idle tick costs no B-tree read.
                 version = (conn.execute("PRAGMA data_version").fetchone()[0], self._local_changes)
                 if version != seen:
                     seen = version
                     row = conn.execute(GET, (task_id, time.time())).fetchone()
                     doc = None if row is None else self.codec.decode(bytes(row[0]))
-                    if doc is not None and doc.get("status") in READY_STATES:
-                        return doc
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return doc
-                delay = min(delay, left)
-            time.sleep(delay)
-            delay = min(delay * 1.5, self.max_poll)
+            return doc
+
+        return self.poll_until_ready(fetch, timeout)
 
     def describe(self) -> str:
         """``sqlite:////absolute/path/results.sqlite3``."""
