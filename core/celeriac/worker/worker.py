@@ -396,13 +396,14 @@ class Worker:
                 self._wakeup.wait(0.05)
                 self._wakeup.clear()
                 self._drain_completions()
-        unfinished = self.pool.stop(0 if self._cold else 0.0)
+        # Jobs still running are handed back (no on_done will come for them):
+        # their messages are requeued below.
+        self.pool.stop(0)
         self._drain_completions()
         for request in list(self.active.values()):
             logger.warning("task %s[%s] did not finish before shutdown; it goes back to the queue",
                            request.name, request.id)
             self._safe(request.requeue)
-        del unfinished
         self.hooks.call("celeriac_worker_stop", worker=self)
         if self.connection is not None:
             self._safe(self.connection.release)
