@@ -211,6 +211,12 @@ class Channel(virtual.Channel):
                 visible_at = eta
         expires_at = None
         expiration = message["properties"].get("expiration")
+        if headers and headers.get("task"):
+            # A task message carries its own ``expires`` header, which the
+            # worker enforces and records (REVOKED), so a waiting caller
+            # learns of it. Dropping it here as a broker TTL (Celery sets
+            # ``expiration`` from ``expires``) would leave that caller waiting.
+            expiration = None
         if expiration is not None:
             try:
                 expires_at = now + float(expiration) / 1000.0

@@ -117,3 +117,28 @@ def test_bulk_publish_is_one_transaction_that_workers_drain(tmp_path):
                 message = q.get(timeout=10)
                 assert message.payload == "all"
                 message.ack()
+
+
+def test_a_task_message_is_never_dropped_by_its_expiration_property(tmp_path):
+    """Celery sets ``expiration`` from ``expires``; the transport leaves task
+    messages to the worker, which records them as REVOKED, and applies the TTL
+    to other messages (replies)."""
+    from celeriac_sqlite.transport import Transport
+    from kombu import Connection, Queue
+
+    url = f"sqlite:///{tmp_path}/b.sqlite3"
+    with Connection(url, transport=Transport) as conn:
+        producer = conn.Producer()
+        queue = Queue("q", routing_key="q")
+        producer.publish({"task": True}, routing_key="q", declare=[queue], expiration=0.001,
+                         headers={"task": "proj.add", "id": "1"})
+        producer.publish({"reply": True}, routing_key="q", expiration=0.001)
+        import time
+
+        time.sleep(0.05)  # let the reply's TTL pass (a bound, not a timing assertion)
+        with conn.SimpleQueue("q") as q:
+            message = q.get(timeout=10)
+            assert message.payload == {"task": True}
+            message.ack()
+            with pytest.raises(q.Empty):
+                q.get(timeout=0.5)
