@@ -127,3 +127,40 @@ def test_countdown_waits_in_the_broker_and_retries_are_republished(cluster):
     result = add.apply_async((1, 2), countdown=1.5)
     assert result.get(timeout=60) == 3
     assert result.date_done.timestamp() >= sent + 1.5
+
+
+def test_tasks_outlasting_the_shutdown_timeout_go_back_to_the_broker(cluster):
+    app = cluster.app
+    work = app.tasks["e2e_tasks.work"]
+    cluster.env["CELERIAC_WORKER_SHUTDOWN_TIMEOUT"] = "0.5"
+    worker = cluster.start_worker("slow", "-P", "threads", "-c", "2")
+    results = [work.delay(i, 30) for i in range(2)]
+    cluster.wait_for(lambda: len([e for e in cluster.events() if e[0] == "start"]) == 2, 60,
+                     "both long tasks to start")
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(60) == 0, cluster.output("slow")
+    assert "did not finish before shutdown" in cluster.output("slow")
+    assert not cluster.done_counts()
+    cluster.start_worker("rescuer", "-P", "threads", "-c", "2")
+    # The rescuer runs them again (they were requeued, not lost); 30 s each is
+    # too long to wait for, so check they were started again by the rescuer.
+    cluster.wait_for(lambda: len([e for e in cluster.events() if e[0] == "start"]) == 4, 60,
+                     "the requeued tasks to start on the rescuer")
+    assert all(r.state == "PENDING" for r in results)
+
+
+def test_a_second_signal_stops_at_once_and_running_tasks_go_back(cluster):
+    app = cluster.app
+    work = app.tasks["e2e_tasks.work"]
+    worker = cluster.start_worker("w1", "-P", "threads", "-c", "2")
+    results = [work.delay(i, 3) for i in range(2)]
+    cluster.wait_for(lambda: len([e for e in cluster.events() if e[0] == "start"]) == 2, 60,
+                     "both tasks to start")
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    worker.send_signal(signal.SIGTERM)
+    worker.wait(60)
+    assert "cold shutdown" in cluster.output("w1")
+    assert not cluster.done_counts(), "the cold shutdown did not wait for the tasks"
+    cluster.start_worker("w2", "-P", "threads", "-c", "2")
+    assert [r.get(timeout=60) for r in results] == [0, 1]
