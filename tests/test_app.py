@@ -777,20 +777,6 @@ def test_a_message_is_encoded_with_the_serializer_the_task_or_call_names(make_ap
         echo.apply_async((1,), serializer="nope")
 
 
-def test_the_worker_says_rate_limits_are_not_enforced(make_app, caplog):
-    from celeriac.testing.worker import start_worker
-
-    app = make_app()
-
-    @app.task(rate_limit="10/s")
-    def limited():
-        return 1
-
-    with caplog.at_level("WARNING", logger="celeriac.worker"), start_worker(app):
-        assert limited.delay().get(timeout=30) == 1
-    assert any("rate limits are not enforced" in r.getMessage() for r in caplog.records)
-
-
 def test_bulk_publish_sends_everything_when_the_block_ends(make_app):
     from celeriac.testing.worker import start_worker
 

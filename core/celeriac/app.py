@@ -232,6 +232,10 @@ class App:
         for key in ("autoretry_for", "dont_autoretry_for"):
             if key in attrs_:
                 attrs_[key] = tuple(attrs_[key])
+        if options.get("rate_limit") is not None:
+            from .worker.ratelimit import parse_rate
+
+            parse_rate(options["rate_limit"])  # a typo fails here, not in the worker
         cls = type(fun.__name__, (base,), attrs_)
         task = cls()
         self.tasks[task_name] = task

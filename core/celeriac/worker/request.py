@@ -39,6 +39,8 @@ class Request:
     eta: float | None = None
     expires: float | None = None
     acknowledged: bool = False
+    admitted: bool = False
+    """Passed its task type's rate limit (a token was taken for it)."""
     time_start: float | None = None
 
     @classmethod

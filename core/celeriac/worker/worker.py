@@ -36,6 +36,7 @@ from ..serialization import exception_to_dict
 from ..task import Context
 from ..trace import Outcome, Tracer
 from . import deadletter
+from .ratelimit import TokenBucket, parse_rate
 from .request import Request, TaskJob
 
 if TYPE_CHECKING:
@@ -74,13 +75,23 @@ class Worker:
         self.transport = app.transport
         self._interrupt = self.transport.interrupt
         self.tracer = Tracer(app, self.hostname)
+        try:
+            parse_rate(conf.task_default_rate_limit)
+        except ValueError as exc:
+            from ..exceptions import ConfigurationError
+
+            raise ConfigurationError(f"task_default_rate_limit: {exc}") from None
         self.hooks = app.plugins.hooks
 
         self.reserved: deque[Request] = deque()
+        #: Messages of rate-limited task types waiting for a token, per type.
+        self.throttled: dict[str, deque[Request]] = {}
+        self._buckets: dict[str, TokenBucket | None] = {}
         self.active: dict[int, Request] = {}
         self.held: list[tuple[float, int, Request]] = []
         self._seq = itertools.count()
         self._completions: queue_mod.SimpleQueue[tuple[Request, Any]] = queue_mod.SimpleQueue()
+        self._calls: queue_mod.SimpleQueue[Callable[[], Any]] = queue_mod.SimpleQueue()
         self._wakeup = threading.Event()
         self._stop = threading.Event()
         self._cold = False
@@ -134,7 +145,6 @@ class Worker:
         try:
             self._connect()
             logger.info("%s", self.banner())
-            self._warn_unsupported()
             self.ready.set()
             self.hooks.call("celeriac_worker_ready", worker=self)
             if self.ready_callback:
@@ -162,13 +172,6 @@ class Worker:
         self._dead_letter_queue = self.app.queue(self.app.conf.worker_dead_letter_queue)
         self._dead_letter_queue(self._producer.channel).declare()
 
-    def _warn_unsupported(self) -> None:
-        """Say once, at start-up, which task options this worker cannot honour."""
-        limited = sorted(name for name, task in self.app.tasks.items() if task.option("rate_limit"))
-        if limited:
-            logger.warning("rate limits are not enforced by this worker version; tasks with "
-                           "rate_limit run unthrottled: %s", ", ".join(limited))
-
     def banner(self) -> str:
         import celeriac
 
@@ -194,14 +197,17 @@ class Worker:
         limit_held = self.app.conf.worker_eta_holding_limit
         while not self._stop.is_set():
             self._drain_completions()
+            self._run_calls()
             self._release_due()
+            self._release_throttled()
             self._dispatch()
             if self._stop.is_set():
                 break
-            outstanding = len(self.reserved) + len(self.active)
+            outstanding = len(self.reserved) + len(self.active) + \
+                sum(len(q) for q in self.throttled.values())
             full = (self.prefetch_limit is not None and outstanding >= self.prefetch_limit) or \
                 len(self.held) >= limit_held
-            wait = self._until_next_held()
+            wait = min(self._until_next_held(), self._until_next_token())
             if full:
                 self._wakeup.wait(min(wait, 0.5))
                 self._wakeup.clear()
@@ -225,10 +231,16 @@ class Worker:
             return IDLE_DRAIN_TIMEOUT
         return max(0.0, self.held[0][0] - time.time())
 
+    def _until_next_token(self) -> float:
+        waits = [bucket.wait_time() for name, queue in self.throttled.items() if queue
+                 and (bucket := self._buckets.get(name)) is not None]
+        return min(waits, default=IDLE_DRAIN_TIMEOUT)
+
     def _reconnect(self) -> None:
         # Unacknowledged deliveries die with the connection; the broker gives them out again.
         self.reserved.clear()
         self.held.clear()
+        self.throttled.clear()
         try:
             self.connection.release()
         except Exception:
@@ -320,6 +332,8 @@ class Worker:
             if request.is_expired():
                 self._revoke(request, "expired")
                 continue
+            if not request.admitted and not self._admit(request):
+                continue
             if not request.task.option("acks_late"):
                 request.ack()
             hard, soft = request.time_limits()
@@ -330,6 +344,64 @@ class Worker:
             self.pool.submit(job, functools.partial(self._on_done, request))
             if self.pool.inline:
                 self._drain_completions()
+
+    def bucket(self, task_name: str) -> TokenBucket | None:
+        """The rate-limit bucket of a task type (None: not limited)."""
+        if task_name not in self._buckets:
+            task = self.app.tasks.get(task_name)
+            rate = parse_rate(task.option("rate_limit")) if task is not None else None
+            self._buckets[task_name] = TokenBucket(rate) if rate else None
+        return self._buckets[task_name]
+
+    def set_rate_limit(self, task_name: str, rate_limit: str | float | None) -> None:
+        """Change a task type's rate limit in this worker (``None``: no limit).
+
+        Safe from any thread: the change is made by the loop thread. A bad
+        limit raises ``ValueError`` here.
+        """
+        rate = parse_rate(rate_limit)
+        self.call_soon(lambda: self._set_bucket(task_name, rate))
+
+    def call_soon(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` in the loop thread at its next turn (thread-safe)."""
+        self._calls.put(fn)
+        self._wake()
+
+    def _run_calls(self) -> None:
+        while True:
+            try:
+                fn = self._calls.get_nowait()
+            except queue_mod.Empty:
+                return
+            try:
+                fn()
+            except Exception:
+                logger.exception("error in a call scheduled on the worker loop")
+
+    def _set_bucket(self, task_name: str, rate: float | None) -> None:
+        self._buckets[task_name] = TokenBucket(rate) if rate else None
+        if rate is None:
+            for request in self.throttled.pop(task_name, ()):
+                request.admitted = True
+                self.reserved.append(request)
+
+    def _admit(self, request: Request) -> bool:
+        """Take a token for ``request``, or set it aside until there is one."""
+        bucket = self.bucket(request.name)
+        waiting = self.throttled.get(request.name)
+        if bucket is None or (not waiting and bucket.take()):
+            request.admitted = True
+            return True
+        self.throttled.setdefault(request.name, deque()).append(request)
+        return False
+
+    def _release_throttled(self) -> None:
+        for name, waiting in self.throttled.items():
+            bucket = self._buckets.get(name)
+            while waiting and (bucket is None or bucket.take()):
+                request = waiting.popleft()
+                request.admitted = True
+                self.reserved.appendleft(request)
 
     def _check_limits(self, request: Request, hard: float | None, soft: float | None) -> None:
         missing = (hard is not None and not self.pool.hard_time_limits) or \
@@ -387,10 +459,12 @@ class Worker:
                 logger.debug("cancel failed", exc_info=True)
             self._drain_completions()
             # Prefetched but not started: back to the broker at once.
-            for request in list(self.reserved) + [r for _, _, r in self.held]:
+            throttled = [r for queue in self.throttled.values() for r in queue]
+            for request in list(self.reserved) + [r for _, _, r in self.held] + throttled:
                 self._safe(request.requeue)
             self.reserved.clear()
             self.held.clear()
+            self.throttled.clear()
             deadline = time.monotonic() + conf.worker_shutdown_timeout
             while self.active and not self._cold and time.monotonic() < deadline:
                 self._wakeup.wait(0.05)
