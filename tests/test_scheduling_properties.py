@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from hypothesis import given
-from hypothesis import strategies as st
-
 from celeriac.timeutils import eta_epoch, iso_to_epoch, parse_iso, to_iso
 from celeriac.worker.ratelimit import TokenBucket, parse_rate
+from hypothesis import given
+from hypothesis import strategies as st
 
 aware = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(9000, 1, 1),
                      timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30)),
