@@ -357,3 +357,58 @@ def test_dispatch_does_not_wait_on_the_pools_own_active_count(make_app):
     finally:
         worker.stop()
         thread.join(30)
+
+
+def test_a_chain_as_celery_encodes_it_runs_step_by_step(make_app):
+    """chain(add(1, 1), add(2), mul(10)) as a Celery client sends it: only the
+    first step, with the rest reversed in embed.chain, each step frozen."""
+    from celeriac.protocol import Signature
+
+    app = make_app()
+
+    @app.task
+    def add(x, y):
+        return x + y
+
+    @app.task
+    def mul(x, y):
+        return x * y
+
+    last_id, middle_id = "step-3", "step-2"
+    rest = (Signature(mul.name, (10,), options={"task_id": last_id}),
+            Signature(add.name, (2,), options={"task_id": middle_id}))
+    first = app.send_task(add.name, (1, 1), chain=rest)
+    with start_worker(app):
+        assert app.AsyncResult(last_id).get(timeout=30) == 40
+        assert first.get(timeout=30) == 2
+        assert app.AsyncResult(middle_id).get(timeout=30) == 4
+        assert [c.id for c in first.children] == [middle_id]
+
+
+def test_a_failing_chain_step_fails_the_rest_and_runs_its_errback(make_app, wait_until):
+    from celeriac.protocol import Signature
+
+    app = make_app()
+    seen = []
+
+    @app.task
+    def boom(x):
+        raise ValueError(f"bad {x}")
+
+    @app.task
+    def never(x):
+        return x
+
+    @app.task
+    def on_error(task_id):
+        seen.append(task_id)
+
+    rest = (Signature(never.name, options={"task_id": "after"}),)
+    first = app.send_task(boom.name, (1,), chain=rest, link_error=on_error.s())
+    with start_worker(app):
+        assert isinstance(first.get(timeout=30, propagate=False), ValueError)
+        after = app.AsyncResult("after")
+        assert after.state == "FAILURE", "waiters on the rest of the chain do not hang"
+        assert isinstance(after.get(timeout=30, propagate=False), ValueError)
+        wait_until(lambda: seen, "the errback to run")
+    assert seen == [first.id]
