@@ -418,13 +418,20 @@ class Worker:
             self._wake()
 
     def _drain_completions(self) -> None:
+        finished = []
         while True:
             try:
                 request, outcome = self._completions.get_nowait()
             except queue_mod.Empty:
-                return
+                break
             self.active.pop(id(request), None)
             self.stats[request.name] = self.stats.get(request.name, 0) + 1
+            finished.append((request, outcome))
+        if finished and not self.pool.inline:
+            # Hand the freed slots their next jobs first: the pool then runs
+            # them while these acknowledgements are written.
+            self._dispatch()
+        for request, outcome in finished:
             try:
                 self._settle(request, outcome)
             except Exception:
