@@ -49,6 +49,20 @@ def _encode(message: dict[str, Any]) -> str:
         return kombu_dumps(message)
 
 
+def _delivered(payload: str, delivery_tag: str, deliveries: int) -> dict[str, Any]:
+    """The stored message as delivered this time: its tag for this delivery,
+    the delivery count, and the redelivered flag."""
+    message = _decode(payload)
+    props = message["properties"]
+    props["delivery_tag"] = delivery_tag
+    info = props.get("delivery_info")
+    if info is None:
+        info = props["delivery_info"] = {}
+    info["delivery_count"] = deliveries
+    info["redelivered"] = deliveries > 1
+    return message
+
+
 def _decode(payload: str) -> dict[str, Any]:
     # kombu's decoder restores dates and such in headers but calls a hook per
     # object; the plain decoder is enough for the usual all-JSON envelope.
@@ -420,14 +434,7 @@ class Channel(virtual.Channel):
             if expires_at is not None and expires_at <= now:
                 expired.append(row_id)
                 continue
-            message = _decode(payload)
-            props = message["properties"]
-            props["delivery_tag"] = f"{row_id}.{deliveries}"
-            info = props.get("delivery_info")
-            if info is None:
-                info = props["delivery_info"] = {}
-            info["delivery_count"] = deliveries
-            info["redelivered"] = deliveries > 1
+            message = _delivered(payload, f"{row_id}.{deliveries}", deliveries)
             try:
                 callback(message, queue)
             except BaseException:
@@ -445,16 +452,8 @@ class Channel(virtual.Channel):
     def _fetch_broadcasts(self, queue: str, n: int, callback: Any) -> int:
         rows = self._store.take_broadcasts(queue, n)
         for seq, payload in rows:
-            message = _decode(payload)
-            props = message["properties"]
             # Broadcasts are not leased: settling one changes nothing in the file.
-            props["delivery_tag"] = f"b{seq}.{self.channel_id}.{queue}"
-            info = props.get("delivery_info")
-            if info is None:
-                info = props["delivery_info"] = {}
-            info["delivery_count"] = 1
-            info["redelivered"] = False
-            callback(message, queue)
+            callback(_delivered(payload, f"b{seq}.{self.channel_id}.{queue}", 1), queue)
         return len(rows)
 
     # -- settling --------------------------------------------------------------------------
