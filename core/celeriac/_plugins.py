@@ -90,7 +90,8 @@ def entry_point_infos(role: str | None = None) -> list[EntryPointInfo]:
     return sorted(infos, key=lambda i: (i.role, i.name, i.distribution))
 
 
-def _suggest(name: str, choices: Iterable[str]) -> str:
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """`` Did you mean 'x'?`` or an empty string."""
     close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)
     return f" Did you mean {close[0]!r}?" if close else ""
 
@@ -152,7 +153,7 @@ def load_driver(role: str, name: str) -> Any:
         installed = ", ".join(repr(n) for n in names) or "none"
         raise PluginNotFound(
             f"No {role} named {name!r} is installed (entry-point group {group}). "
-            f"Installed: {installed}.{_suggest(name, names)} "
+            f"Installed: {installed}.{suggest(name, names)} "
             f"A plugin distribution may be missing: try `pip install celeriac[{name}]`."
         ) from None
     record = manager.driver
@@ -210,9 +211,6 @@ class Hooks:
                 results.append(res)
         return results
 
-    def has(self, name: str) -> bool:
-        return bool(getattr(self._pm.hook, name).get_hookimpls())
-
 
 class Plugins:
     """One app's plugin manager: the installed lifecycle plugins plus any the
@@ -241,7 +239,3 @@ class Plugins:
     def names(self) -> list[str]:
         return [name for name, _ in self.pm.list_name_plugin()]
 
-
-def suggest(name: str, choices: Iterable[str]) -> str:
-    """`` Did you mean 'x'?`` or an empty string."""
-    return _suggest(name, choices)

@@ -9,7 +9,6 @@ arguments, precedence, error messages) lives in :mod:`celeriac.configloader`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -140,7 +139,3 @@ def setting_names() -> list[str]:
     """The kernel's setting names (not plugin sections)."""
     return [f.name for f in attrs.fields(Settings) if f.name != "sections"]
 
-
-def setting_docs(cls: type = Settings) -> Mapping[str, str]:
-    """Each field's documentation, by name."""
-    return {f.name: f.metadata.get("doc", "") for f in attrs.fields(cls) if f.name != "sections"}

@@ -3,8 +3,7 @@ strings with a UTC offset (PROTOCOL.md); naive times are taken as UTC."""
 
 from __future__ import annotations
 
-import time
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Any
 
 UTC = timezone.utc
@@ -54,10 +53,3 @@ def eta_epoch(headers: dict[str, Any] | None) -> float | None:
     except (ValueError, TypeError):
         return None
 
-
-def in_seconds(seconds: float) -> datetime:
-    return now() + timedelta(seconds=seconds)
-
-
-def monotonic() -> float:
-    return time.monotonic()
