@@ -324,9 +324,19 @@ class App:
             key = conf.task_default_routing_key or name
         else:
             exchange, key = name, name
-        return kombu.Queue(name, kombu.Exchange(exchange, type="direct"), routing_key=key, durable=True)
+        arguments = self.transport.queue_arguments
+        return kombu.Queue(name, kombu.Exchange(exchange, type="direct"), routing_key=key,
+                           durable=True,
+                           queue_arguments=dict(arguments(name, conf)) if arguments else None)
 
     # -- sending ---------------------------------------------------------------------
+
+    @property
+    def reply_to(self) -> str:
+        """The ``reply_to`` of the messages this app sends: the result
+        backend's reply queue when it has one (``rpc://``), else the app's id."""
+        backend = self.backend
+        return backend.reply_to or self.oid if backend.enabled else self.oid
 
     def AsyncResult(self, task_id: str, **kwargs: Any) -> _AsyncResult:  # noqa: N802 - Celery's name
         from .result import AsyncResult
@@ -404,7 +414,7 @@ class App:
                       chain=_as_sigs(chain), chord=_as_sig(chord))
         message = TaskMessage(
             headers=headers_,
-            properties=TaskProperties(correlation_id=task_id, reply_to=reply_to or self.oid,
+            properties=TaskProperties(correlation_id=task_id, reply_to=reply_to or self.reply_to,
                                       priority=priority),
             args=args, kwargs=kwargs, embed=embed,
         )

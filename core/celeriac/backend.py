@@ -34,6 +34,7 @@ from .states import READY_STATES
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .task import Context
 
 
 class Codec(Protocol):
@@ -84,6 +85,18 @@ class ResultBackend(ABC):
         """Remove what is stored for ``task_id`` (no error when there is nothing)."""
 
     # -- with defaults ----------------------------------------------------------
+
+    reply_to: str | None = None
+    """For backends that send results back to the caller (``rpc://``): the
+    queue this process reads results from. The app puts it in the
+    ``reply_to`` of every task message it sends. ``None``: the app's id."""
+
+    def store_for(self, request: Context, document: Mapping[str, Any], *,
+                  expires: float | None) -> bool:
+        """Store the result of the task run for ``request``, whose
+        ``reply_to`` and ``correlation_id`` say where the caller waits. The
+        worker calls this one; the default is :meth:`store` by task id."""
+        return self.store(request.id or "", document, expires=expires)
 
     def get_many(self, task_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Documents of those ids that have one."""

@@ -77,6 +77,12 @@ class Settings:
                                "``{'queue': ...}`` or a queue name, or a list of such dicts.",
                                factory=True)
     task_create_missing_queues: bool = setting(True, "Declare queues named by routes on the fly.")
+    task_queue_max_priority: int | None = setting(None, "Highest priority of the queues "
+                                                  "celeriac declares, on brokers where queues "
+                                                  "need it (AMQP ``x-max-priority``).")
+    task_default_queue_type: str = setting("classic", "Type of the queues celeriac declares "
+                                           "on brokers that have several (AMQP: ``classic`` "
+                                           "or ``quorum``).")
 
     # -- task defaults ---------------------------------------------------------
     task_acks_late: bool = setting(True, "Acknowledge a message after its task ran (at least "

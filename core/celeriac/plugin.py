@@ -135,6 +135,10 @@ class TransportPlugin:
     made by kombu's ``channel.prepare_message``; ``channel`` is a channel of a
     connection made by the kernel. Used to flush ``app.bulk_publish()``
     blocks; without it those messages are published one by one."""
+    queue_arguments: Callable[[str, Settings], Mapping[str, Any]] | None = None
+    """``queue_arguments(queue_name, settings)``: broker arguments to declare
+    the queue with (AMQP: ``x-max-priority`` from ``task_queue_max_priority``,
+    ``x-queue-type`` from ``task_default_queue_type``). ``None``: none."""
     prepare: Callable[[str, Settings, str], BrokerTarget] | None = None
     """``prepare(url, settings, app_name)``: fill in defaults (a file path, a
     port) and return the :class:`BrokerTarget`. ``None`` means use the URL as it is."""

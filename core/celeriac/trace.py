@@ -98,8 +98,9 @@ class Tracer:
         if ctx.is_eager or not self.app.backend.enabled:
             return True
         try:
-            self.app.backend.store(ctx.id or "", self._document(ctx, task, state, result, traceback, children),
-                                   expires=self.app.conf.result_expires)
+            self.app.backend.store_for(ctx, self._document(ctx, task, state, result, traceback,
+                                                           children),
+                                       expires=self.app.conf.result_expires)
         except Exception:
             logger.exception("could not store %s for task %s[%s]; the message will be retried",
                              state, ctx.task, ctx.id)

@@ -1,0 +1,1 @@
+"""RabbitMQ for celeriac (see :mod:`celeriac_amqp.plugin`)."""

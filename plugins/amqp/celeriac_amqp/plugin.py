@@ -1,0 +1,1 @@
+"""Registration records of the AMQP transport and rpc backend (placeholder)."""
