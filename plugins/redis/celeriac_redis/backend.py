@@ -31,18 +31,22 @@ KEY_PREFIX = "celery-task-meta-"
 MGET_CHUNK = 500
 
 # KEYS[1]: the key. ARGV[1]: the document. ARGV[2]: TTL in ms (0: none).
+# SET ... GET writes and reads the previous value in one command; in the rare
+# case that it was a SUCCESS, it is put back (nothing outside the script can
+# see the moment in between). Usual cost: SET and PUBLISH.
 _STORE = """
-local current = redis.call('GET', KEYS[1])
-if current then
+local current
+if tonumber(ARGV[2]) > 0 then
+  current = redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2], 'GET')
+else
+  current = redis.call('SET', KEYS[1], ARGV[1], 'GET')
+end
+if current and string.find(current, '"SUCCESS"', 1, true) then
   local ok, doc = pcall(cjson.decode, current)
   if ok and type(doc) == 'table' and doc['status'] == 'SUCCESS' then
+    redis.call('SET', KEYS[1], current, 'KEEPTTL')
     return 0
   end
-end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
 end
 redis.call('PUBLISH', KEYS[1], ARGV[1])
 return 1
@@ -108,13 +112,13 @@ class RedisBackend(ResultBackend):
                 except redis.WatchError:
                     continue
 
-    def _status(self, data: bytes) -> Any:
+    def _status(self, data: bytes | str) -> Any:
         try:
             return self.codec.decode(data).get("status")
         except Exception:
             return None
 
-    def _decode(self, data: bytes | None) -> dict[str, Any] | None:
+    def _decode(self, data: bytes | str | None) -> dict[str, Any] | None:
         return None if data is None else self.codec.decode(data)
 
     def get(self, task_id: str) -> dict[str, Any] | None:

@@ -1,9 +1,9 @@
-"""The Redis result backend keeps the kernel's backend contract, on a real server."""
+"""The Redis transport and result backend keep the kernel's contracts, on a real server."""
 
 from __future__ import annotations
 
 import pytest
-from celeriac.testing.contracts import BackendContract
+from celeriac.testing.contracts import BackendContract, TransportContract
 
 
 class TestRedisBackend(BackendContract):
@@ -39,3 +39,17 @@ class TestRedisBackendWithANonJSONSerializer(BackendContract):
                 return pickle.loads(data)
 
         return RedisBackend(url, codec=PickleCodec(), settings=Settings(), app_name="contract")
+
+
+class TestRedisTransport(TransportContract):
+    """The transport on a real server. Short leases so the kill test is quick;
+    the lease test watches for longer than three leases to prove renewal."""
+
+    transport_name = "redis"
+    transport_options = {"visibility_timeout": 1.5}
+    lease_watch = 4.6
+    kill_timeout = 30.0
+
+    @pytest.fixture
+    def broker_url(self, redis_url):
+        return redis_url

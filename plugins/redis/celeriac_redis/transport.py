@@ -1,0 +1,736 @@
+"""A kombu Redis transport with leases, broker-side ETA and batched fetch/ack.
+
+It is kombu's own Redis transport (same lists, same envelope, same bindings,
+pub/sub fanout, Sentinel), so Celery clients and workers share queues with it;
+what changes is how a consumer takes and settles messages:
+
+* **Leases instead of a fixed visibility timeout.** A delivered message is
+  recorded in kombu's ``unacked`` hash together with a lease deadline in the
+  ``unacked_lease`` sorted set, in one atomic step with taking it off the
+  queue. A thread renews the leases of the messages its process holds every
+  quarter of ``visibility_timeout``, so a task may run for hours and is never
+  handed to a second worker while its own lives; when a process dies its
+  leases run out and any consumer puts the messages back within
+  ``visibility_timeout`` (plus at most one sweep interval).
+* **Countdown/ETA on the broker.** A message whose ``eta`` is in the future
+  goes to the queue's delayed sorted set (``<queue>\\x06\\x16delayed``) and is
+  moved to the head of its queue when due, so no worker holds it in memory
+  and none gets it early. Celery clients publish ETA messages straight into
+  the queue; the consumer that takes one early parks it in the same step.
+  With ``delay_at_publish`` our clients put them in the delayed set directly
+  (faster, but Celery workers never look there: only for fleets of celeriac
+  workers).
+* **Batched fetch and acknowledgements.** While messages wait, one script
+  call takes up to the prefetch window at once and applies the pending
+  acknowledgements in the same round trip; only an idle consumer blocks in
+  ``BRPOP``.
+* **Delivery count.** ``delivery_info["delivery_count"]`` is 1 on the first
+  delivery, and ``redelivered`` is true after that.
+
+Transport options (``broker_transport_options`` or the ``[redis]`` section):
+``visibility_timeout`` (60 s: the lease length), ``fetch_batch`` (100),
+``delay_at_publish`` (false), plus kombu's Redis options (``global_keyprefix``,
+``priority_steps``, ``sep``, ``health_check_interval``...).
+
+One window is inherited from kombu and ``BRPOP``: a message popped by an
+idle consumer's ``BRPOP`` is recorded by the next command, so a connection
+lost between the two loses that one message. Batched fetches, which carry
+all the load, have no such window.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from queue import Empty
+from typing import Any
+
+import redis
+from celeriac.timeutils import eta_epoch
+from kombu.transport import redis as kredis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps, loads
+
+from . import _scripts
+
+__all__ = ["Channel", "QoS", "SentinelChannel", "SentinelTransport", "Transport"]
+
+logger = logging.getLogger(__name__)
+
+LEASE_KEY = "unacked_lease"
+DELIVERIES_KEY = "unacked_deliveries"
+DELAYED_SUFFIX = "delayed"
+#: A message whose ETA is less than this many seconds away is delivered and
+#: held by the worker instead of parked.
+PARK_THRESHOLD = 0.5
+SWEEP_INTERVAL = 1.0
+SWEEP_LIMIT = 1000
+PROMOTE_LIMIT = 1000
+#: Acknowledgements are written at the latest this long after the ack.
+ACK_FLUSH_DELAY = 0.05
+ACK_FLUSH_SIZE = 200
+
+_json_loads = json.loads
+_time = time.time
+_monotonic = time.monotonic
+
+
+class QoS(kredis.QoS):
+    """Prefetch accounting plus leases: acks are batched, requeues put the
+    message back at the head of its queue, and fanout messages (which are
+    not leased) are only tracked in memory."""
+
+    restore_at_shutdown = True
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        count = self.channel._leased.get(delivery_tag)
+        if count is not None:
+            info = message.delivery_info
+            info["delivery_count"] = count
+            info["redelivered"] = count > 1
+        virtual.QoS.append(self, message, delivery_tag)
+
+    def ack(self, delivery_tag: str) -> None:
+        self.channel._settle(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def reject(self, delivery_tag: str, requeue: bool = False) -> None:
+        if requeue:
+            self.channel._requeue([delivery_tag])
+        else:
+            self.channel._settle(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+
+    def restore_unacked(self, client: Any = None) -> list[Any]:
+        """Put back every message this channel holds (close, recover)."""
+        tags = list(self._delivered)
+        self._delivered.clear()
+        try:
+            self.channel._flush_acks()
+            self.channel._requeue(tags)
+        except Exception:
+            logger.warning("could not requeue %d messages; they come back when their lease "
+                           "runs out", len(tags), exc_info=True)
+        return []
+
+    def restore_visible(self, *args: Any, **kwargs: Any) -> None:
+        """Expired leases are swept by :class:`_Leases`; kombu's own index is
+        left to kombu's consumers."""
+
+    def held_tags(self) -> list[str]:
+        """Delivery tags held and not yet settled (read from any thread)."""
+        for _ in range(5):
+            try:
+                return [tag for tag in list(self._delivered) if tag in self.channel._leased]
+            except RuntimeError:  # changed size during iteration
+                continue
+        return []
+
+
+class _Scripts:
+    """The Lua scripts, registered on a client (redis-py re-loads on NOSCRIPT)."""
+
+    def __init__(self, client: redis.Redis) -> None:
+        self.fetch = client.register_script(_scripts.FETCH)
+        self.record = client.register_script(_scripts.RECORD)
+        self.ack = client.register_script(_scripts.ACK)
+        self.requeue = client.register_script(_scripts.REQUEUE)
+        self.sweep = client.register_script(_scripts.SWEEP)
+        self.park = client.register_script(_scripts.PARK)
+        self.promote = client.register_script(_scripts.PROMOTE)
+
+
+class LeasedChannelMixin:
+    """What the transport adds to kombu's Redis channel (see the module docstring)."""
+
+    QoS = QoS
+    visibility_timeout: float = 60.0
+    fetch_batch: int = 100
+    delay_at_publish: bool = False
+    lease_key = LEASE_KEY
+    deliveries_key = DELIVERIES_KEY
+
+    from_transport_options = (
+        *kredis.Channel.from_transport_options,
+        "fetch_batch",
+        "delay_at_publish",
+        "lease_key",
+        "deliveries_key",
+    )
+
+    # Provided by kombu's channel:
+    connection: Any
+    global_keyprefix: str
+    sep: str
+    priority_steps: list[int]
+    active_queues: set[str]
+    _queue_cycle: Any
+    pool: Any
+    qos: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.visibility_timeout = float(self.visibility_timeout)
+        self.fetch_batch = max(1, int(self.fetch_batch))
+        self.delay_at_publish = _truthy(self.delay_at_publish)
+        #: delivery tag -> delivery count, for the messages we leased.
+        self._leased: dict[str, int] = {}
+        self._acks: list[str] = []
+        self._acks_since = 0.0
+        self._ack_lock = threading.Lock()
+        self._plain_client: redis.Redis | None = None
+        self._scripts_: _Scripts | None = None
+        self._steps = ",".join(str(step) for step in self.priority_steps)
+        self._keys = [self._key(self.unacked_key), self._key(self.lease_key),  # type: ignore[attr-defined]
+                      self._key(self.deliveries_key)]
+        self._tag_prefix = f"celeriac-{uuid.uuid4().hex[:12]}-"
+
+    # -- plumbing -------------------------------------------------------------------
+
+    def _key(self, name: str) -> str:
+        return f"{self.global_keyprefix}{name}"
+
+    @property
+    def plain(self) -> redis.Redis:
+        """A client on the channel's pool that does not add the key prefix
+        (the scripts get their keys already prefixed)."""
+        if self._plain_client is None:
+            self._plain_client = redis.Redis(connection_pool=self.pool)
+        return self._plain_client
+
+    @property
+    def scripts(self) -> _Scripts:
+        if self._scripts_ is None:
+            self._scripts_ = _Scripts(self.plain)
+        return self._scripts_
+
+    def _list_keys(self, queues: list[str]) -> tuple[list[str], list[str]]:
+        keys, names = [], []
+        for pri in self.priority_steps:
+            for queue in queues:
+                keys.append(self._key(self._q_for_pri(queue, pri)))  # type: ignore[attr-defined]
+                names.append(queue)
+        return keys, names
+
+    def _deadline(self) -> float:
+        return _time() + self.visibility_timeout
+
+    # -- taking messages ------------------------------------------------------------
+
+    def _room(self) -> int:
+        qos = self.qos
+        if not qos.prefetch_count:
+            return self.fetch_batch
+        return min(self.fetch_batch, qos.prefetch_count - (len(qos._delivered) - len(qos._dirty)))
+
+    def fetch(self, limit: int | None = None) -> int:
+        """Take up to the prefetch window from the consumed queues in one
+        call (also writing pending acks); deliver them; return how many."""
+        queues = [q for q in self._queue_cycle.consume(len(self.active_queues))
+                  if q not in self._fanout_queues]  # type: ignore[attr-defined]
+        room = self._room() if limit is None else limit
+        if not queues or room <= 0:
+            if self._acks:
+                self._flush_acks()
+            return 0
+        deliveries = self._fetch_from(queues, room)
+        deliver = self.connection._deliver
+        for payload, queue in deliveries:
+            self._queue_cycle.rotate(queue)
+            deliver(payload, queue)
+        return len(deliveries)
+
+    def _fetch_from(self, queues: list[str], room: int) -> list[tuple[dict[str, Any], str]]:
+        """Take and lease up to ``room`` messages (parking those not due);
+        return the ``(payload, queue)`` to deliver."""
+        keys, names = self._list_keys(queues)
+        with self._ack_lock:
+            acks, self._acks = self._acks, []
+        forget = self._redelivered(acks)
+        try:
+            reply = self.scripts.fetch(
+                keys=[*self._keys, *keys],
+                args=[room, self._deadline(), self._tag_prefix + uuid.uuid4().hex[:8] + "-",
+                      len(acks), *acks, len(forget), *forget, *names],
+                client=self.plain)
+        except BaseException:
+            with self._ack_lock:
+                self._acks[:0] = acks
+            raise
+        for tag in acks:
+            self._leased.pop(tag, None)
+        if not reply:
+            return []
+        parked: list[tuple[str, float]] = []
+        deliveries = []
+        for i in range(0, len(reply), 4):
+            index, tag, count, raw = reply[i:i + 4]
+            tag = bytes_to_str(tag)
+            queue = names[int(index) - 1]
+            payload = _payload(raw, tag)
+            due = _due(payload)
+            if due is not None:
+                parked.append((tag, due))
+                continue
+            self._leased[tag] = int(count)
+            deliveries.append((payload, queue))
+        if parked:
+            self._park(parked)
+        return deliveries
+
+    def _get(self, queue: str) -> dict[str, Any]:
+        """``basic_get``: one message, taken and leased atomically."""
+        for _ in range(3):  # (a message taken but parked is not one to return)
+            got = self._fetch_from([queue], 1)
+            if got:
+                return got[0][0]
+        raise Empty()
+
+    def _brpop_read(self, **options: Any) -> bool:
+        """Read a ``BRPOP`` reply, lease the message, and deliver it (or park
+        it when it is not due)."""
+        client = self.client  # type: ignore[attr-defined]
+        try:
+            try:
+                dest_item = client.parse_response(client.connection, "BRPOP", **options)
+            except self.connection_errors:  # type: ignore[attr-defined]
+                client.connection.disconnect()
+                raise
+            if not dest_item:
+                raise Empty()
+            dest, raw = dest_item
+            queue = bytes_to_str(dest).rsplit(self.sep, 1)[0]
+            if self.global_keyprefix and queue.startswith(self.global_keyprefix):
+                queue = queue[len(self.global_keyprefix):]
+            self._queue_cycle.rotate(queue)
+            payload = _payload(raw, None)
+            tag = payload["properties"].get("delivery_tag") or \
+                f"{self._tag_prefix}{uuid.uuid4().hex}"
+            payload["properties"]["delivery_tag"] = tag
+            count = self.scripts.record(keys=self._keys,
+                                        args=[tag, raw, queue, self._deadline()],
+                                        client=self.plain)
+            due = _due(payload)
+            if due is not None:
+                self._park([(tag, due)])
+                return False
+            self._leased[tag] = int(count)
+            self.connection._deliver(payload, queue)
+            return True
+        finally:
+            self._in_poll = None
+            flush = getattr(self, "_flush_brpop_reauth", None)
+            if flush is not None:
+                flush()
+
+    def _park(self, items: list[tuple[str, float]]) -> None:
+        args: list[Any] = [self.sep]
+        for tag, due in items:
+            args += [tag, due]
+        self.scripts.park(keys=self._keys[:2], args=args, client=self.plain)
+        self.connection.delayed_changed()
+
+    # -- settling -------------------------------------------------------------------
+
+    def _settle(self, tag: str) -> None:
+        """Acknowledge (or drop) a delivered message: batched, written with
+        the next fetch or within ``ACK_FLUSH_DELAY``."""
+        if tag not in self._leased:
+            return
+        with self._ack_lock:
+            first = not self._acks
+            if first:
+                self._acks_since = _monotonic()
+            self._acks.append(tag)
+            full = len(self._acks) >= ACK_FLUSH_SIZE
+        if full:
+            self._flush_acks()
+        elif first:
+            self.connection.leases.poke(acks=True)
+
+    def acks_overdue(self) -> bool:
+        """Whether acks have waited longer than ``ACK_FLUSH_DELAY`` (the drain
+        loop writes them with its next fetch; the lease thread writes them
+        when the loop is busy elsewhere, e.g. running a task inline)."""
+        return bool(self._acks) and _monotonic() - self._acks_since >= ACK_FLUSH_DELAY
+
+    def _flush_acks(self) -> None:
+        with self._ack_lock:
+            acks, self._acks = self._acks, []
+        if not acks:
+            return
+        forget = self._redelivered(acks)
+        rest = [tag for tag in acks if self._leased.get(tag, 1) <= 1]
+        try:
+            self.scripts.ack(keys=self._keys, args=[len(forget), *forget, *rest],
+                             client=self.plain)
+        except BaseException:
+            with self._ack_lock:
+                self._acks[:0] = acks
+            raise
+        for tag in acks:
+            self._leased.pop(tag, None)
+
+    def _redelivered(self, tags: list[str]) -> list[str]:
+        """Those of ``tags`` delivered more than once (their count is stored)."""
+        leased = self._leased
+        return [tag for tag in tags if leased.get(tag, 1) > 1]
+
+    def _requeue(self, tags: list[str]) -> None:
+        leased = [tag for tag in tags if tag in self._leased]
+        if not leased:
+            return
+        self.scripts.requeue(keys=self._keys, args=[self.sep, self._steps, *leased],
+                             client=self.plain)
+        for tag in leased:
+            self._leased.pop(tag, None)
+
+    def renew(self, client: redis.Redis) -> int:
+        """Push the lease deadline of every message still held (any thread)."""
+        tags = self.qos.held_tags()
+        if not tags:
+            return 0
+        deadline = self._deadline()
+        client.zadd(self._keys[1], dict.fromkeys(tags, deadline), xx=True)
+        return len(tags)
+
+    def sweep(self, client: redis.Redis) -> int:
+        """Requeue the messages of dead consumers (leases run out)."""
+        return int(self.scripts.sweep(keys=self._keys,
+                                      args=[_time(), SWEEP_LIMIT, self.sep, self._steps],
+                                      client=client))
+
+    def promote(self, client: redis.Redis) -> float | None:
+        """Move due delayed messages of the consumed queues to their queues;
+        return when the next one is due."""
+        soonest = None
+        for queue in list(self.active_queues):
+            if queue in self._fanout_queues:  # type: ignore[attr-defined]
+                continue
+            nxt = self.scripts.promote(
+                keys=[self._key(f"{queue}{self.sep}{DELAYED_SUFFIX}")],
+                args=[_time(), PROMOTE_LIMIT, queue, self.sep, self._steps], client=client)
+            value = float(nxt)
+            if value >= 0 and (soonest is None or value < soonest):
+                soonest = value
+        return soonest
+
+    # -- publishing -----------------------------------------------------------------
+
+    def _put(self, queue: str, message: dict[str, Any], **kwargs: Any) -> None:
+        due = _due(message) if self.delay_at_publish else None
+        if due is None:
+            super()._put(queue, message, **kwargs)  # type: ignore[misc]
+            return
+        key = f"{queue}{self.sep}{DELAYED_SUFFIX}"
+        batch = kwargs.get("_publish_batch")
+        if batch is not None:
+            batch.add("zadd", key, {dumps(message): due})
+            return
+        with self.conn_or_acquire() as client:  # (a kombu client adds the key prefix)
+            client.zadd(key, {dumps(message): due})
+
+    def publish_many(self, items: list[tuple[dict[str, Any], str, str]]) -> None:
+        """Publish ``(message, exchange, routing_key)`` items in one pipeline."""
+        pipe = self.Client(connection_pool=self.pool).pipeline(transaction=False)  # type: ignore[attr-defined]
+        self._pipe = pipe
+        try:
+            for message, exchange, routing_key in items:
+                self.basic_publish(message, exchange, routing_key)  # type: ignore[attr-defined]
+        finally:
+            self._pipe = None
+        pipe.execute()
+
+    _pipe: Any = None
+
+    def conn_or_acquire(self, client: Any = None) -> Any:
+        pipe = self._pipe
+        if pipe is not None and client is None:
+            return _Borrowed(pipe)
+        return super().conn_or_acquire(client)  # type: ignore[misc]
+
+    def _size(self, queue: str) -> int:
+        size = super()._size(queue)  # type: ignore[misc]
+        return int(size) + int(self.plain.zcard(self._key(f"{queue}{self.sep}{DELAYED_SUFFIX}")))
+
+    def _purge(self, queue: str) -> int:
+        count = super()._purge(queue)  # type: ignore[misc]
+        key = self._key(f"{queue}{self.sep}{DELAYED_SUFFIX}")
+        with self.plain.pipeline() as pipe:
+            pipe.zcard(key)
+            pipe.delete(key)
+            delayed, _ = pipe.execute()
+        return int(count) + int(delayed)
+
+    def _delete(self, queue: str, *args: Any, **kwargs: Any) -> None:
+        super()._delete(queue, *args, **kwargs)  # type: ignore[misc]
+        self.plain.delete(self._key(f"{queue}{self.sep}{DELAYED_SUFFIX}"))
+
+    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
+        tag = super().basic_consume(queue, *args, **kwargs)  # type: ignore[misc]
+        self.connection.leases.start()
+        return tag
+
+    def close(self) -> None:
+        try:
+            if not getattr(self, "_closing", False):
+                self._flush_acks()
+        except Exception:
+            logger.warning("could not write acknowledgements at close; those messages "
+                           "come back when their lease runs out", exc_info=True)
+        super().close()  # type: ignore[misc]
+
+
+class _Borrowed:
+    """``with``-able stand-in for a client: a pipeline being filled."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+
+    def __enter__(self) -> Any:
+        return self.pipe
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+
+class Channel(LeasedChannelMixin, kredis.Channel):  # type: ignore[misc]
+    """kombu's Redis channel with leases, broker-side ETA and batching."""
+
+
+class SentinelChannel(LeasedChannelMixin, kredis.SentinelChannel):  # type: ignore[misc]
+    """The same over Redis Sentinel (``sentinel://`` URLs)."""
+
+
+class _Leases:
+    """The per-process thread that renews leases, sweeps expired ones and
+    moves due delayed messages to their queues."""
+
+    def __init__(self, transport: TransportMixin) -> None:
+        self.transport = transport
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._poke = threading.Event()
+        self._pid = os.getpid()
+
+    def start(self) -> None:
+        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="celeriac-redis-leases",
+                                        daemon=True)
+        self._thread.start()
+
+    def poke(self, acks: bool = False) -> None:
+        """Wake the thread: to look at the delayed sets now, or (``acks``)
+        to write acknowledgements the drain loop has not written in time."""
+        if not acks:
+            self._delayed = True
+        self._poke.set()
+
+    _delayed = False
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._poke.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(5)
+        self._thread = None
+
+    def _run(self) -> None:
+        renew_at = sweep_at = 0.0
+        next_due: float | None = None
+        clients: dict[int, redis.Redis] = {}
+        while not self._stop.is_set():
+            channels = [c for c in list(self.transport.channels) if isinstance(c, LeasedChannelMixin)]
+            now = _monotonic()
+            try:
+                if channels and now >= renew_at:
+                    renew_at = now + max(0.05, min(c.visibility_timeout for c in channels) / 4)
+                    for channel in channels:
+                        channel.renew(_client(clients, channel))
+                if channels and now >= sweep_at:
+                    sweep_at = now + min(SWEEP_INTERVAL,
+                                         max(0.05, min(c.visibility_timeout for c in channels) / 8))
+                    next_due = None
+                    for channel in channels:
+                        channel.sweep(_client(clients, channel))
+                        due = channel.promote(_client(clients, channel))
+                        if due is not None and (next_due is None or due < next_due):
+                            next_due = due
+                elif channels and next_due is not None and next_due <= _time():
+                    next_due = None
+                    for channel in channels:
+                        due = channel.promote(_client(clients, channel))
+                        if due is not None and (next_due is None or due < next_due):
+                            next_due = due
+            except Exception as exc:
+                logger.warning("Redis lease upkeep failed (%s); retrying", exc)
+                clients.clear()
+                self._stop.wait(0.5)
+                continue
+            pending = False
+            for channel in channels:
+                if channel.acks_overdue():
+                    try:
+                        channel._flush_acks()
+                    except Exception as exc:
+                        logger.warning("could not write acknowledgements (%s); retrying", exc)
+                pending = pending or bool(channel._acks)
+            wait = min(renew_at, sweep_at) - _monotonic()
+            if next_due is not None:
+                wait = min(wait, next_due - _time())
+            if pending:
+                wait = min(wait, ACK_FLUSH_DELAY)
+            if self._poke.wait(max(0.0, min(wait, SWEEP_INTERVAL))):
+                self._poke.clear()
+                if self._delayed:
+                    self._delayed = False
+                    sweep_at = 0.0  # something was parked: look at the delayed sets now
+                else:
+                    self._stop.wait(ACK_FLUSH_DELAY)
+
+
+def _client(clients: dict[int, redis.Redis], channel: LeasedChannelMixin) -> redis.Redis:
+    client = clients.get(id(channel))
+    if client is None:
+        client = clients[id(channel)] = redis.Redis(connection_pool=channel.pool)
+    return client
+
+
+class TransportMixin:
+    """The drain loop: batched fetch first; ``BRPOP`` (and pub/sub) only when idle."""
+
+    channels: list[Any]
+    cycle: Any
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.leases = _Leases(self)
+        self._interrupted = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._registered_wake = False
+
+    def delayed_changed(self) -> None:
+        self.leases.poke()
+
+    def interrupt(self) -> None:
+        """Make a ``drain_events`` blocked in another thread return (sticky)."""
+        self._interrupted = True
+        try:
+            os.write(self._wake_w, b"x")
+        except (BlockingIOError, OSError):
+            pass
+
+    def _clear_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 512):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]
+        deadline = None if timeout is None else _monotonic() + timeout
+        if not self._registered_wake:
+            self.cycle.poller.register(self._wake_r, kredis.READ)
+            self._registered_wake = True
+        while True:
+            if self._interrupted:
+                self._interrupted = False
+                self._clear_wake()
+                raise TimeoutError()
+            delivered = 0
+            for channel in list(self.channels):
+                if not isinstance(channel, LeasedChannelMixin) or channel._closing:  # type: ignore[attr-defined]
+                    continue
+                if channel.active_queues and channel.qos.can_consume():
+                    delivered += channel.fetch()
+                elif channel._acks:
+                    channel._flush_acks()
+            if delivered:
+                return
+            left = None if deadline is None else deadline - _monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError()
+            try:
+                self.cycle.get(self._deliver, timeout=left)  # type: ignore[attr-defined]
+                return
+            except Empty:
+                pass
+
+    def close_connection(self, connection: Any) -> None:
+        self.leases.stop()
+        try:
+            super().close_connection(connection)  # type: ignore[misc]
+        finally:
+            for fd in (self._wake_r, self._wake_w):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            self._wake_r = self._wake_w = -1
+
+
+class Transport(TransportMixin, kredis.Transport):  # type: ignore[misc]
+    """``redis://`` and ``rediss://``: see the module docstring."""
+
+    Channel = Channel
+
+
+class SentinelTransport(TransportMixin, kredis.SentinelTransport):  # type: ignore[misc]
+    """``sentinel://``: the same through Redis Sentinel."""
+
+    Channel = SentinelChannel
+
+
+def _payload(raw: bytes, tag: str | None) -> dict[str, Any]:
+    """The message envelope of ``raw``; an undecodable one becomes an
+    envelope whose body is ``raw`` untouched and has no content type, so the
+    worker moves it to the dead-letter queue instead of crashing on it."""
+    try:
+        text = bytes_to_str(raw)
+        # kombu's decoder restores dates and such in headers but calls a hook
+        # per object; the plain one is enough for the usual all-JSON envelope.
+        payload = loads(text) if '"__type__"' in text else _json_loads(text)
+        if not isinstance(payload, dict):
+            raise ValueError("not an object")
+        props = payload.get("properties")
+        if not isinstance(props, dict):
+            props = payload["properties"] = {}
+        info = props.get("delivery_info")
+        if not isinstance(info, dict):
+            props["delivery_info"] = {"exchange": "", "routing_key": ""}
+        if not isinstance(payload.get("headers"), dict):
+            payload["headers"] = {}
+    except (ValueError, TypeError, UnicodeDecodeError):
+        payload = {"body": raw if isinstance(raw, bytes) else str(raw).encode(),
+                   "content-type": None, "content-encoding": "binary", "headers": {},
+                   "properties": {"delivery_info": {"exchange": "", "routing_key": ""}}}
+    if tag is not None:
+        payload["properties"]["delivery_tag"] = tag
+    return payload
+
+
+def _due(payload: dict[str, Any]) -> float | None:
+    """When a message not due yet is due (``None``: deliver it now)."""
+    due = eta_epoch(payload.get("headers"))
+    if due is None or due - _time() < PARK_THRESHOLD:
+        return None
+    return due
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
