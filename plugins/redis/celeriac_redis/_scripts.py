@@ -173,16 +173,6 @@ redis.call('ZADD', KEYS[2], unpack(leases))
 return out
 """
 
-RECORD = """
--- A message popped by BRPOP: lease it; return its delivery count.
--- KEYS: unacked, leases, deliveries. ARGV[1] tag, ARGV[2] raw, ARGV[3] queue,
--- ARGV[4] deadline.
-local entry = '[' .. ARGV[2] .. ',"",' .. cjson.encode(ARGV[3]) .. ']'
-redis.call('HSET', KEYS[1], ARGV[1], entry)
-redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
-return (tonumber(redis.call('HGET', KEYS[3], ARGV[1])) or 0) + 1
-"""
-
 ACK = """
 -- KEYS: unacked, leases, deliveries. ARGV[1] = f, then f redelivered tags
 -- (their counts are forgotten too), then the other tags.

@@ -20,10 +20,9 @@ what changes is how a consumer takes and settles messages:
   With ``delay_at_publish`` our clients put them in the delayed set directly
   (faster, but Celery workers never look there: only for fleets of celeriac
   workers).
-* **Batched fetch and acknowledgements.** While messages wait, one script
-  call takes up to the prefetch window at once and applies the pending
-  acknowledgements in the same round trip; only an idle consumer blocks in
-  ``BRPOP``.
+* **Batched fetch and acknowledgements.** One script call takes up to the
+  prefetch window at once and applies the pending acknowledgements in the
+  same round trip.
 * **Delivery count.** ``delivery_info["delivery_count"]`` is 1 on the first
   delivery, and ``redelivered`` is true after that.
 
@@ -32,10 +31,10 @@ Transport options (``broker_transport_options`` or the ``[redis]`` section):
 ``delay_at_publish`` (false), plus kombu's Redis options (``global_keyprefix``,
 ``priority_steps``, ``sep``, ``health_check_interval``...).
 
-One window is inherited from kombu and ``BRPOP``: a message popped by an
-idle consumer's ``BRPOP`` is recorded by the next command, so a connection
-lost between the two loses that one message. Batched fetches, which carry
-all the load, have no such window.
+An idle consumer waits with ``BLMOVE key key RIGHT RIGHT`` (one connection
+per list it consumes): that returns when the list has a message but leaves it
+there, so, unlike kombu's ``BRPOP``, no message is ever popped and then lost
+with the connection before it is recorded.
 """
 
 from __future__ import annotations
@@ -43,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import selectors
 import threading
 import time
 import uuid
@@ -137,7 +137,6 @@ class _Scripts:
 
     def __init__(self, client: redis.Redis) -> None:
         self.fetch = client.register_script(_scripts.FETCH)
-        self.record = client.register_script(_scripts.RECORD)
         self.ack = client.register_script(_scripts.ACK)
         self.requeue = client.register_script(_scripts.REQUEUE)
         self.sweep = client.register_script(_scripts.SWEEP)
@@ -189,6 +188,8 @@ class LeasedChannelMixin:
         self._keys = [self._key(self.unacked_key), self._key(self.lease_key),  # type: ignore[attr-defined]
                       self._key(self.deliveries_key)]
         self._tag_prefix = f"celeriac-{uuid.uuid4().hex[:12]}-"
+        #: list key -> [connection, BLMOVE in flight]
+        self._waiters: dict[str, list[Any]] = {}
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -291,42 +292,87 @@ class LeasedChannelMixin:
                 return got[0][0]
         raise Empty()
 
-    def _brpop_read(self, **options: Any) -> bool:
-        """Read a ``BRPOP`` reply, lease the message, and deliver it (or park
-        it when it is not due)."""
-        client = self.client  # type: ignore[attr-defined]
+    # -- waiting --------------------------------------------------------------------
+
+    def wait_sockets(self) -> dict[Any, Any]:
+        """Have a blocking ``BLMOVE key key RIGHT RIGHT`` in flight on one
+        connection per list key consumed, and return ``{socket: handler}``.
+
+        ``BLMOVE`` from a list to itself takes the last element and puts it
+        straight back: it waits until the list has a message *without taking
+        it*, so no message is ever out of Redis unrecorded; the batched fetch
+        then takes it atomically. (kombu's ``BRPOP`` takes the message and
+        records it in a second command: lost if the connection drops in
+        between.)"""
+        waiters = self._waiters
+        keys: list[str] = []
+        if self.active_queues and self.qos.can_consume():
+            queues = sorted(self.active_queues)
+            keys = self._list_keys(queues)[0]
+        for key in list(waiters):
+            if key not in keys:
+                self._drop_waiter(key)
+        socks: dict[Any, Any] = {}
+        # The server-side timeout only bounds how long a dead link goes
+        # unnoticed; the caller's timeout is the select's.
+        seconds = self.brpop_timeout or 1  # type: ignore[attr-defined]
+        for key in keys:
+            entry = waiters.get(key)
+            if entry is None:
+                conn = self.pool.get_connection()
+                entry = waiters[key] = [conn, False]
+            conn = entry[0]
+            if not entry[1]:
+                try:
+                    conn.send_command("BLMOVE", key, key, "RIGHT", "RIGHT", seconds)
+                except BaseException:
+                    self._drop_waiter(key)
+                    raise
+                entry[1] = True
+            socks[conn._sock] = (self._on_waiter, key)
+        if self.active_fanout_queues:  # type: ignore[attr-defined]
+            sub = self.subclient  # type: ignore[attr-defined]
+            if getattr(sub, "connection", None) is None:
+                sub.connection = sub.connection_pool.get_connection()
+            if sub.connection._sock is None:
+                sub.connection.connect()
+                self._in_listen = None
+            if not getattr(self, "_in_listen", None):
+                self._subscribe()  # type: ignore[attr-defined]
+            if sub.connection is not None and sub.connection._sock is not None:
+                socks[sub.connection._sock] = (self._on_fanout, None)
+        return socks
+
+    def _on_waiter(self, key: str) -> bool:
+        entry = self._waiters.get(key)
+        if entry is None:
+            return False
         try:
-            try:
-                dest_item = client.parse_response(client.connection, "BRPOP", **options)
-            except self.connection_errors:  # type: ignore[attr-defined]
-                client.connection.disconnect()
-                raise
-            if not dest_item:
-                raise Empty()
-            dest, raw = dest_item
-            queue = bytes_to_str(dest).rsplit(self.sep, 1)[0]
-            if self.global_keyprefix and queue.startswith(self.global_keyprefix):
-                queue = queue[len(self.global_keyprefix):]
-            self._queue_cycle.rotate(queue)
-            payload = _payload(raw, None)
-            tag = payload["properties"].get("delivery_tag") or \
-                f"{self._tag_prefix}{uuid.uuid4().hex}"
-            payload["properties"]["delivery_tag"] = tag
-            count = self.scripts.record(keys=self._keys,
-                                        args=[tag, raw, queue, self._deadline()],
-                                        client=self.plain)
-            due = _due(payload)
-            if due is not None:
-                self._park([(tag, due)])
-                return False
-            self._leased[tag] = int(count)
-            self.connection._deliver(payload, queue)
-            return True
-        finally:
-            self._in_poll = None
-            flush = getattr(self, "_flush_brpop_reauth", None)
-            if flush is not None:
-                flush()
+            entry[0].read_response()
+        except BaseException:
+            self._drop_waiter(key)
+            raise
+        entry[1] = False
+        return False  # a message is there: the next fetch takes it
+
+    def _on_fanout(self, _key: Any) -> bool:
+        return bool(self._receive())  # type: ignore[attr-defined]
+
+    def _drop_waiter(self, key: str) -> None:
+        entry = self._waiters.pop(key, None)
+        if entry is None:
+            return
+        conn, in_flight = entry
+        if in_flight:
+            conn.disconnect()  # its pending reply must not reach the next user
+        try:
+            self.pool.release(conn)
+        except Exception:
+            conn.disconnect()
+
+    def _drop_waiters(self) -> None:
+        for key in list(self._waiters):
+            self._drop_waiter(key)
 
     def _park(self, items: list[tuple[str, float]]) -> None:
         args: list[Any] = [self.sep]
@@ -483,7 +529,10 @@ class LeasedChannelMixin:
         except Exception:
             logger.warning("could not write acknowledgements at close; those messages "
                            "come back when their lease runs out", exc_info=True)
-        super().close()  # type: ignore[misc]
+        try:
+            self._drop_waiters()
+        finally:
+            super().close()  # type: ignore[misc]
 
 
 class _Borrowed:
@@ -618,7 +667,6 @@ class TransportMixin:
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self._registered_wake = False
 
     def delayed_changed(self) -> None:
         self.leases.poke()
@@ -639,19 +687,20 @@ class TransportMixin:
             pass
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]
+        """Deliver a batch of messages; when there is none, wait (without
+        taking anything) until one of the consumed lists has a message, a
+        fanout message arrives, :meth:`interrupt` is called, or ``timeout``
+        passes (then :class:`TimeoutError`)."""
         deadline = None if timeout is None else _monotonic() + timeout
-        if not self._registered_wake:
-            self.cycle.poller.register(self._wake_r, kredis.READ)
-            self._registered_wake = True
         while True:
             if self._interrupted:
                 self._interrupted = False
                 self._clear_wake()
                 raise TimeoutError()
             delivered = 0
-            for channel in list(self.channels):
-                if not isinstance(channel, LeasedChannelMixin) or channel._closing:  # type: ignore[attr-defined]
-                    continue
+            channels = [c for c in list(self.channels) if isinstance(c, LeasedChannelMixin)
+                        and not getattr(c, "_closing", False)]
+            for channel in channels:
                 if channel.active_queues and channel.qos.can_consume():
                     delivered += channel.fetch()
                 elif channel._acks:
@@ -661,11 +710,28 @@ class TransportMixin:
             left = None if deadline is None else deadline - _monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError()
-            try:
-                self.cycle.get(self._deliver, timeout=left)  # type: ignore[attr-defined]
+            wait = 1.0 if left is None else left
+            handlers: dict[Any, Any] = {}
+            for channel in channels:
+                handlers.update(channel.wait_sockets())
+            if self._wait(handlers, wait):
                 return
-            except Empty:
-                pass
+
+    def _wait(self, handlers: dict[Any, Any], timeout: float) -> bool:
+        """Sleep on the waiters' sockets and the wake pipe; run the handlers
+        of those ready. True when a handler delivered a message."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self._wake_r, selectors.EVENT_READ, None)
+            for sock, handler in handlers.items():
+                selector.register(sock, selectors.EVENT_READ, handler)
+            ready = selector.select(timeout)
+        delivered = False
+        for key, _ in ready:
+            if key.data is None:
+                continue  # the wake pipe: the loop above sees the flag
+            fn, arg = key.data
+            delivered = fn(arg) or delivered
+        return delivered
 
     def close_connection(self, connection: Any) -> None:
         self.leases.stop()
