@@ -193,6 +193,11 @@ class Hooks:
     def __init__(self, pm: pluggy.PluginManager) -> None:
         self._pm = pm
 
+    def implemented(self, name: str) -> bool:
+        """Whether any plugin implements hook ``name`` (lets hot paths skip
+        building the hook's arguments)."""
+        return bool(getattr(self._pm.hook, name).get_hookimpls())
+
     def call(self, name: str, **kwargs: Any) -> list[Any]:
         caller = getattr(self._pm.hook, name)
         if name in hookspecs.PROPAGATING:

@@ -144,6 +144,22 @@ class Task:
             return self.apply(args, kwargs, **options)
         return self.app.send_task(self.name, args, kwargs, task=self, **options)
 
+    def apply_bulk(self, args_list: Iterable[Iterable[Any]],
+                   kwargs_list: Iterable[Mapping[str, Any]] | None = None,
+                   **options: Any) -> list[AsyncResult]:
+        """Send one call per item of ``args_list`` (and ``kwargs_list``) in
+        one round trip; see :meth:`celeriac.App.send_bulk`. In eager mode
+        each call runs here, one after the other."""
+        if self.app.conf.task_always_eager:
+            self.app.check_apply_options(self.name, options)
+            args_all = [tuple(a) for a in args_list]
+            kwargs_all = [dict(k) for k in kwargs_list] if kwargs_list is not None \
+                else [{} for _ in args_all]
+            if len(kwargs_all) != len(args_all):
+                raise ValueError("apply_bulk needs one keyword dict per argument tuple")
+            return [self.apply(a, k, **options) for a, k in zip(args_all, kwargs_all)]
+        return self.app.send_bulk(self.name, args_list, kwargs_list, task=self, **options)
+
     def apply(self, args: Iterable[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
               **options: Any) -> EagerResult:
         """Run the task here and now, through the same tracer a worker uses."""
