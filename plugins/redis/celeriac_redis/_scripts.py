@@ -90,14 +90,14 @@ local function split_entry(entry)
 end
 
 -- The deliveries hash counts deliveries that ended without an ack.
-local function requeue(unacked, leases, deliveries, tag, sep, steps)
+local function requeue(unacked, leases, deliveries, tag, sep, steps, prefix)
   local entry = redis.call('HGET', unacked, tag)
   redis.call('HDEL', unacked, tag)
   redis.call('ZREM', leases, tag)
   if not entry then return 0 end
   local raw, queue = split_entry(entry)
   if not raw or type(queue) ~= 'string' then return 0 end
-  redis.call('RPUSH', list_for(queue, message_priority(raw), sep, steps), raw)
+  redis.call('RPUSH', list_for(prefix .. queue, message_priority(raw), sep, steps), raw)
   redis.call('HINCRBY', deliveries, tag, 1)
   return 1
 end
@@ -193,11 +193,11 @@ return #tags
 REQUEUE = _COMMON + """
 -- Put leased messages back at the head of their queues.
 -- KEYS: unacked, leases, deliveries. ARGV[1] sep, ARGV[2] steps "0,3,6,9",
--- ARGV[3..] tags.
+-- ARGV[3] the global key prefix, ARGV[4..] tags.
 local steps = parse_steps(ARGV[2])
 local n = 0
-for i = 3, #ARGV do
-  n = n + requeue(KEYS[1], KEYS[2], KEYS[3], ARGV[i], ARGV[1], steps)
+for i = 4, #ARGV do
+  n = n + requeue(KEYS[1], KEYS[2], KEYS[3], ARGV[i], ARGV[1], steps, ARGV[3])
 end
 return n
 """
@@ -205,22 +205,23 @@ return n
 SWEEP = _COMMON + """
 -- Requeue messages whose lease ran out (their consumer died).
 -- KEYS: unacked, leases, deliveries. ARGV[1] now, ARGV[2] limit, ARGV[3] sep,
--- ARGV[4] steps.
+-- ARGV[4] steps, ARGV[5] the global key prefix.
 local steps = parse_steps(ARGV[4])
 local tags = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])
 local n = 0
 for _, tag in ipairs(tags) do
-  n = n + requeue(KEYS[1], KEYS[2], KEYS[3], tag, ARGV[3], steps)
+  n = n + requeue(KEYS[1], KEYS[2], KEYS[3], tag, ARGV[3], steps, ARGV[5])
 end
 return n
 """
 
 PARK = _COMMON + """
 -- Move leased messages that are not due yet into their queue's delayed set.
--- KEYS: unacked, leases. ARGV[1] sep, then (tag, due) pairs. (A parked
--- message keeps its delivery count: parking is not a delivery.)
+-- KEYS: unacked, leases. ARGV[1] sep, ARGV[2] the global key prefix, then
+-- (tag, due) pairs. (A parked message keeps its delivery count: parking is
+-- not a delivery.)
 local n = 0
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local tag, due = ARGV[i], ARGV[i + 1]
   local entry = redis.call('HGET', KEYS[1], tag)
   redis.call('HDEL', KEYS[1], tag)
@@ -228,7 +229,7 @@ for i = 2, #ARGV, 2 do
   if entry then
     local raw, queue = split_entry(entry)
     if raw and type(queue) == 'string' then
-      redis.call('ZADD', queue .. ARGV[1] .. 'delayed', due, raw)
+      redis.call('ZADD', ARGV[2] .. queue .. ARGV[1] .. 'delayed', due, raw)
       n = n + 1
     end
   end
@@ -239,7 +240,8 @@ return n
 PROMOTE = _COMMON + """
 -- Move due messages from a delayed set to the head of their queue, oldest
 -- first; return the next due time (or -1 when nothing waits).
--- KEYS[1] the delayed set. ARGV[1] now, ARGV[2] limit, ARGV[3] queue,
+-- KEYS[1] the delayed set. ARGV[1] now, ARGV[2] limit, ARGV[3] queue's list
+-- (with the global key prefix),
 -- ARGV[4] sep, ARGV[5] steps.
 local steps = parse_steps(ARGV[5])
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, ARGV[2])

@@ -376,7 +376,7 @@ class LeasedChannelMixin:
             self._drop_waiter(key)
 
     def _park(self, items: list[tuple[str, float]]) -> None:
-        args: list[Any] = [self.sep]
+        args: list[Any] = [self.sep, self.global_keyprefix]
         for tag, due in items:
             args += [tag, due]
         self.scripts.park(keys=self._keys[:2], args=args, client=self.plain)
@@ -432,7 +432,7 @@ class LeasedChannelMixin:
         leased = [tag for tag in tags if tag in self._leased]
         if not leased:
             return
-        self.scripts.requeue(keys=self._keys, args=[self.sep, self._steps, *leased],
+        self.scripts.requeue(keys=self._keys, args=[self.sep, self._steps, self.global_keyprefix, *leased],
                              client=self.plain)
         for tag in leased:
             self._leased.pop(tag, None)
@@ -449,7 +449,8 @@ class LeasedChannelMixin:
     def sweep(self, client: redis.Redis) -> int:
         """Requeue the messages of dead consumers (leases run out)."""
         return int(self.scripts.sweep(keys=self._keys,
-                                      args=[_time(), SWEEP_LIMIT, self.sep, self._steps],
+                                      args=[_time(), SWEEP_LIMIT, self.sep, self._steps,
+                                            self.global_keyprefix],
                                       client=client))
 
     def promote(self, client: redis.Redis) -> float | None:
@@ -461,7 +462,8 @@ class LeasedChannelMixin:
                 continue
             nxt = self.scripts.promote(
                 keys=[self._key(f"{queue}{self.sep}{DELAYED_SUFFIX}")],
-                args=[_time(), PROMOTE_LIMIT, queue, self.sep, self._steps], client=client)
+                args=[_time(), PROMOTE_LIMIT, self._key(queue), self.sep, self._steps],
+                client=client)
             value = float(nxt)
             if value >= 0 and (soonest is None or value < soonest):
                 soonest = value
