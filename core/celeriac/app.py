@@ -410,7 +410,7 @@ class App:
         priority = props.pop("priority", None)
         dumps, prepare = chosen.dumps, channel.prepare_message
         items, messages, ids = [], [], []
-        for args, kwargs in zip(all_args, all_kwargs):
+        for args, kwargs in zip(all_args, all_kwargs, strict=True):
             task_id = str(uuid.uuid4())
             headers = dict(wire.headers)
             headers["id"] = task_id

@@ -157,7 +157,7 @@ class Task:
                 else [{} for _ in args_all]
             if len(kwargs_all) != len(args_all):
                 raise ValueError("apply_bulk needs one keyword dict per argument tuple")
-            return [self.apply(a, k, **options) for a, k in zip(args_all, kwargs_all)]
+            return [self.apply(a, k, **options) for a, k in zip(args_all, kwargs_all, strict=True)]
         return self.app.send_bulk(self.name, args_list, kwargs_list, task=self, **options)
 
     def apply(self, args: Iterable[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
