@@ -55,8 +55,10 @@ def docs(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Benchmarks side by side with Celery (prints tables; takes minutes)."""
+    """Benchmarks side by side with Celery (and Dramatiq on Redis and RabbitMQ; prints
+    tables; takes minutes)."""
     session.run("python", "bench/sqlite_bench.py", *session.posargs)
+    session.run("python", "bench/redis_bench.py", "--rabbitmq", *session.posargs)
 
 
 @nox.session
