@@ -12,8 +12,6 @@ measures:
 * **enqueue**: one client process sends ``N`` x ``add(i, i)`` one at a time,
   no worker running (the first call, which imports lazily and connects, is
   timed apart and left out);
-* **bulk enqueue** (celeriac only): ``N`` tasks through ``app.bulk_publish()``
-  in blocks of ``--bulk-batch``; Celery and Dramatiq have no equivalent;
 * **drain, 1 process**: one worker starts on that backlog; the rate runs from
   the first task done to the last;
 * **round trip**: with that worker idle, one client calls ``add_rt`` and waits
@@ -22,35 +20,46 @@ measures:
   ``RedisBackend``); p50 and p99;
 * **Redis commands per task**: with that worker idle, ``INFO commandstats`` is
   read, one client sends ``--cmd-tasks`` x ``add_result`` one at a time (result
-  stored), the harness waits until all ran (plus a short settle for the last
-  acknowledgements), and reads ``INFO commandstats`` again. The delta, less
-  the harness's own commands and the completion counter, divided by the task
-  count. A ``MONITOR`` connection runs during the window: it splits the
-  commands into those clients sent and those Lua scripts ran (``INFO
-  commandstats`` counts both), and counts commands on other databases
-  (background traffic that would pollute the server-wide figure);
-* **drain, 2 processes**: the queue is refilled with ``N`` tasks, two worker
-  processes start on it; the rate runs from the moment *both* have finished a
-  task to the last task.
+  stored) while the worker runs them, the harness waits until all ran (plus
+  0.3 s for the last acknowledgements), and reads ``INFO commandstats`` again.
+  The delta, less the harness's own commands and the completion counter,
+  divided by the task count. A ``MONITOR`` connection runs during the window:
+  it splits the commands into those clients sent and those Lua scripts ran
+  (``INFO commandstats`` counts both), and sees the commands other programs
+  send to other databases of the server, which are taken out of the delta;
+* **bulk enqueue**, no worker running: celeriac ``N`` tasks through
+  ``app.bulk_publish()`` and, separately, through ``task.apply_bulk()``, in
+  blocks of ``--bulk-batch``; Celery through kombu 5.7's ``Producer.batch()``
+  with ``apply_async(producer=...)`` (Celery has no bulk API of its own);
+  Dramatiq has none;
+* **drain, 2 processes**: on that refilled queue of ``N`` tasks, two worker
+  processes start; the rate runs from the moment *both* have finished a task
+  to the last task.
 
-Once per framework (not per run, unless ``--skip-rss``): **worker RSS** (the
-whole worker process tree, via psutil) before and after ``--rss-tasks``
-countdown tasks (``countdown=3600``) were sent while one idle worker runs; the
-"after" figure is taken once the client is done and the RSS has been flat for
-a few seconds.
+Once per framework, after the runs (``--skip-rss`` leaves it out): **worker
+RSS** (the worker's whole process tree, via psutil) of one idle worker before
+and after ``--rss-tasks`` countdown tasks (``countdown=3600``) were sent. The
+"after" figure is taken once the client is done and, for 3 s, the RSS moved by
+less than 1 MB and the worker took no more messages off the queue's list (at
+most ``--rss-max-settle`` s). celeriac sends them with ``app.bulk_publish()``;
+for Celery and Dramatiq the first one goes through their API and the others
+are copies of its wire form with fresh ids, pipelined straight into Redis (the
+worker cannot tell, and it takes seconds instead of minutes).
 
 Completions are counted the same way in all frameworks: every counted task
 does ``HINCRBY bench:done <pid> 1`` in Redis db 12 (``bench_counter.py``);
 the harness polls ``HVALS`` every few milliseconds.
 
-``--rabbitmq`` adds the same enqueue and one-process drain on RabbitMQ
-(``amqp://guest:guest@127.0.0.1:5672//``, queues ``bench_<framework>``, deleted
-before and after; the completion counter still lives in Redis db 12).
+``--rabbitmq`` adds enqueue, one-process drain and (celeriac) bulk enqueue on
+RabbitMQ (``amqp://guest:guest@127.0.0.1:5672//``, queues ``bench_<framework>``,
+deleted before every run and at the end; the completion counter still lives in
+Redis db 12).
 
 Figures are medians over ``--runs`` runs; the frameworks' runs are
 interleaved. This is a program, not a test: nothing asserts on timings.
 
-    python bench/redis_bench.py                    # 3 runs, 10,000 tasks (about 8 minutes)
+    python bench/redis_bench.py                    # 3 runs, 10,000 tasks (8-9 minutes)
+    python bench/redis_bench.py --rabbitmq         # and RabbitMQ (about 12 minutes)
     python bench/redis_bench.py --quick            # smoke run
     python bench/redis_bench.py --rabbitmq --skip-rss --only celeriac,celery
 """
@@ -60,6 +69,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import dataclasses
 import importlib
 import json
 import math
@@ -124,6 +134,9 @@ def client_main(argv: Sequence[str]) -> int:
     parser.add_argument("--batch", type=int, default=0,
                         help="send through app.bulk_publish() in blocks of this size (celeriac)")
     parser.add_argument("--countdown", type=float, default=0.0)
+    parser.add_argument("--bulk-api", default="bulk_publish", choices=("bulk_publish", "apply_bulk"),
+                        help="celeriac: `with app.bulk_publish(): task.delay(...)` per block, or "
+                        "`task.apply_bulk(args_list)` per block")
     parser.add_argument("--clone", action="store_true",
                         help="send the first task normally, then copies of its wire form "
                         "(Celery, Dramatiq; for the memory run)")
@@ -163,7 +176,12 @@ def client_main(argv: Sequence[str]) -> int:
         t0 = time.perf_counter()
         send(0)
         t1 = time.perf_counter()
-        if args.batch and args.framework == "celeriac":
+        if args.batch and args.framework == "celeriac" and args.bulk_api == "apply_bulk":
+            options = {"countdown": args.countdown} if args.countdown else {}
+            for i in range(1, args.count, args.batch):
+                task.apply_bulk([(j, j) for j in range(i, min(args.count, i + args.batch))],
+                                **options)
+        elif args.batch and args.framework == "celeriac":
             bulk = module.app.bulk_publish
             i = 1
             while i < args.count:
@@ -369,6 +387,8 @@ class Setup:
             text += ", early acks (default)"
         else:
             text += ", late acks (default)"
+        if self.extra_env:
+            text += ", " + ", ".join(f"{k}={v}" for k, v in self.extra_env)
         return text
 
     def env(self, broker_url: str, result_url: str | None) -> dict[str, str]:
@@ -429,22 +449,58 @@ def celeriac_transport_error(scheme: str) -> str | None:
 class RunResult:
     enqueue: float | None = None
     bulk: float | None = None
+    """celeriac: ``app.bulk_publish()``; Celery: kombu's ``Producer.batch()``."""
+    apply_bulk: float | None = None
+    """celeriac: ``task.apply_bulk(args_list)``."""
     drain1: float | None = None
     drain2: float | None = None
     rt_p50: float | None = None
     rt_p99: float | None = None
-    cmds: float | None = None
-    """INFO commandstats delta per task, less the harness's own commands."""
-    cmds_client: float | None = None
-    """Commands sent by clients on db 12 per task (MONITOR; a script call is one)."""
-    cmds_lua: float | None = None
-    """Commands run inside Lua scripts on db 12 per task (MONITOR)."""
-    background: int | None = None
-    """Commands on other databases seen during the commands window."""
-    breakdown: dict[str, float] = field(default_factory=dict)
+    commands: Commands | None = None
+    """Redis commands per task, tasks sent one at a time to an idle worker."""
+    commands_backlog: Commands | None = None
+    """Redis commands per task, a backlog drained by a worker started on it."""
     first_call_ms: float | None = None
     drain2_note: str | None = None
+
+    @property
+    def cmds(self) -> float | None:
+        return None if self.commands is None else self.commands.total
+
+    @property
+    def cmds_client(self) -> float | None:
+        return None if self.commands is None else self.commands.client
+
+    @property
+    def cmds_lua(self) -> float | None:
+        return None if self.commands is None else self.commands.lua
+
+    @property
+    def cmds_backlog(self) -> float | None:
+        return None if self.commands_backlog is None else self.commands_backlog.total
+
+    @property
+    def cmds_backlog_client(self) -> float | None:
+        return None if self.commands_backlog is None else self.commands_backlog.client
+
+    @property
+    def cmds_backlog_lua(self) -> float | None:
+        return None if self.commands_backlog is None else self.commands_backlog.lua
     phases: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Commands:
+    total: float
+    """INFO commandstats delta per task, less the harness's own commands and other
+    programs' commands on other databases."""
+    client: float
+    """Commands sent by clients on db 12 per task (MONITOR; a script call is one)."""
+    lua: float
+    """Commands run inside Lua scripts on db 12 per task (MONITOR)."""
+    background: int
+    """Commands on other databases seen during the window (taken out of ``total``)."""
+    breakdown: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -577,10 +633,12 @@ class Bench:
         return os.path.join(self.dir, f"{self.log_no:03d}-{what}.log")
 
     def client(self, setup: Setup, role: str, count: int, *, task: str = "add", batch: int = 0,
-               countdown: float = 0.0, clone: bool = False, wait: bool = True) -> Any:
+               countdown: float = 0.0, clone: bool = False, bulk_api: str = "bulk_publish",
+               wait: bool = True) -> Any:
         cmd = [sys.executable, os.path.abspath(__file__), "--client", role, "--framework",
                setup.framework, "--task", task, "--count", str(count), "--batch", str(batch),
-               "--countdown", str(countdown)] + (["--clone"] if clone else [])
+               "--countdown", str(countdown), "--bulk-api", bulk_api] + \
+            (["--clone"] if clone else [])
         log = self._log(f"{setup.framework}-client-{role}")
         proc = _spawn(cmd, setup.env(self.broker_url, self.result_url), self.dir, log)
         if not wait:
@@ -715,12 +773,19 @@ class Bench:
             result.rt_p50 = _percentile(lat, 0.50) * 1000
             result.rt_p99 = _percentile(lat, 0.99) * 1000
             phase("roundtrip")
-            # 4. Redis commands per task, with results stored.
-            self.commands(setup, result)
+            # 4. Redis commands per task, with results stored: tasks sent one at a time
+            # to the idle worker, then a backlog drained by a fresh worker.
+            result.commands = self.commands(setup, backlog=False)
             phase("commands")
-            self.stop_workers()
-            phase("stop")
-            # 5. refill (bulk for celeriac), then drain with two worker processes.
+            result.commands_backlog = self.commands(setup, backlog=True)
+            phase("commands-backlog")
+            # 5. refill (bulk for celeriac and Celery), then drain with two worker processes.
+            if setup.framework == "celeriac":
+                # celeriac's other bulk API, timed on its own and thrown away.
+                got = self.client(setup, "enqueue", n, batch=args.bulk_batch,
+                                  bulk_api="apply_bulk")
+                result.apply_bulk = got["rate"]
+                self.reset()
             self.r.delete(COUNTER_KEY)
             if setup.framework in ("celeriac", "celery"):
                 got = self.client(setup, "enqueue", n, batch=args.bulk_batch)
@@ -733,29 +798,46 @@ class Bench:
                 result.drain2_note = "one process got no task"
             phase("drain2")
         elif self.broker == "amqp" and setup.framework == "celeriac" and not args.drain_only:
-            # Bulk enqueue on RabbitMQ too (the queue is deleted before the next run).
+            # Bulk enqueue on RabbitMQ too (the queue is emptied in between).
             self.stop_workers()
             got = self.client(setup, "enqueue", n, batch=args.bulk_batch)
             result.bulk = got["rate"]
+            self.reset()
+            got = self.client(setup, "enqueue", n, batch=args.bulk_batch, bulk_api="apply_bulk")
+            result.apply_bulk = got["rate"]
             phase("bulk")
         self.stop_workers()
         phase("stop")
         return result
 
-    def commands(self, setup: Setup, result: RunResult) -> None:
+    def commands(self, setup: Setup, backlog: bool) -> Commands:
+        """Redis commands per task for ``--cmd-tasks`` tasks with results stored.
+
+        ``backlog=False`` (trickle): the worker runs and is idle; one client sends
+        the tasks one at a time while the worker runs them. ``backlog=True``: no
+        worker runs; the client sends them all, then one worker starts (its start-up
+        commands are in the window) and drains them; it is stopped after the window.
+        """
         m = self.args.cmd_tasks
         self.r.delete(COUNTER_KEY)
-        self.check_workers()
+        if backlog:
+            self.stop_workers()
+        else:
+            self.check_workers()
         self.r.client_info()  # (counted before the window)
         with Monitor(self.r_port) as monitor:
             polls0 = self.polls
             before = _commandstats(self.r)
             self.client(setup, "enqueue", m, task="add_result")
+            if backlog:
+                self.start_workers(setup, 1)
             self.wait_done(m)
             time.sleep(0.3)  # the last acknowledgements and result stores
             after = _commandstats(self.r)
             polls = self.polls - polls0
             monitor.finish(self.r)
+        if backlog:
+            self.stop_workers()
         delta = after - before
         # The harness's own commands (the INFO that opened the window, the counter polls,
         # MONITOR itself), the tasks' completion counter, and whatever other programs ran
@@ -765,11 +847,11 @@ class Bench:
             delta[name] -= calls
         delta.subtract(monitor.other)
         delta = +delta  # drops zero and negative entries
-        result.cmds = sum(delta.values()) / m
-        result.cmds_client = sum(monitor.client.values()) / m
-        result.cmds_lua = sum(monitor.lua.values()) / m
-        result.background = sum(monitor.other.values())
-        result.breakdown = {name: calls / m for name, calls in delta.most_common()}
+        return Commands(total=sum(delta.values()) / m,
+                        client=sum(monitor.client.values()) / m,
+                        lua=sum(monitor.lua.values()) / m,
+                        background=sum(monitor.other.values()),
+                        breakdown={name: calls / m for name, calls in delta.most_common()})
 
     # -- memory --
 
@@ -922,6 +1004,34 @@ def _versions() -> str:
 
 
 
+def _source_state() -> str:
+    """The checkout's commit and a digest of celeriac's Python sources (kernel and
+    plugins), to tell whether they changed while the program ran."""
+    import hashlib
+
+    root = os.path.dirname(BENCH_DIR)
+    digest = hashlib.sha256()
+    for top in ("core", "plugins"):
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, top)):
+            dirnames[:] = sorted(d for d in dirnames if d not in ("tests", "__pycache__"))
+            for name in sorted(filenames):
+                if name.endswith(".py"):
+                    path = os.path.join(dirpath, name)
+                    digest.update(path.encode())
+                    with open(path, "rb") as f:
+                        digest.update(f.read())
+    try:
+        head = subprocess.run(["git", "--no-optional-locks", "rev-parse", "--short", "HEAD"],
+                              cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        head = ""
+    return f"commit {head or '?'}, sources {digest.hexdigest()[:12]}"
+
+
+def _celeriac_bulk(o: Outcome) -> str:
+    return f"{_rate(o.median('bulk'))} (bulk_publish), {_rate(o.median('apply_bulk'))} (apply_bulk)"
+
+
 def report_redis(outcomes: Sequence[Outcome], args: argparse.Namespace) -> str:
     out: list[str] = []
     w = out.append
@@ -931,19 +1041,19 @@ def report_redis(outcomes: Sequence[Outcome], args: argparse.Namespace) -> str:
     w("")
     w("| framework | worker setting | enqueue/s (one at a time) | enqueue/s (bulk) "
       "| drain/s, 1 process | drain/s, 2 processes | round trip p50 ms | round trip p99 ms "
-      "| Redis commands/task | sent by clients/task | run in Lua/task "
+      "| Redis commands/task, one at a time | Redis commands/task, backlog "
       f"| worker RSS growth MB, {args.rss_tasks:,} countdown tasks |")
-    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for o in outcomes:
         fw = o.setup.framework
         name = NAMES[fw]
         if o.unavailable:
             na = f"n/a ({o.unavailable})"
             w(f"| {name} | {o.setup.label} | {na} | n/a | n/a | n/a | n/a | n/a | n/a | n/a "
-              "| n/a | n/a |")
+              "| n/a |")
             continue
         note = f" ({len(o.runs)}/{args.runs} runs)" if len(o.runs) != args.runs else ""
-        bulk = {"celeriac": _rate(o.median("bulk")),
+        bulk = {"celeriac": _celeriac_bulk(o),
                 "celery": f"{_rate(o.median('bulk'))} (kombu Producer.batch)"}.get(
                     fw, "n/a (no bulk API)")
         if o.rss is not None:
@@ -953,8 +1063,7 @@ def report_redis(outcomes: Sequence[Outcome], args: argparse.Namespace) -> str:
         w(f"| {name} | {o.setup.label}{note} | {_rate(o.median('enqueue'))} | {bulk} "
           f"| {_rate(o.median('drain1'))} | {_rate(o.median('drain2'))} "
           f"| {_ms(o.median('rt_p50'))} | {_ms(o.median('rt_p99'))} "
-          f"| {_num(o.median('cmds'))} | {_num(o.median('cmds_client'))} "
-          f"| {_num(o.median('cmds_lua'))} | {rss} |")
+          f"| {_num(o.median('cmds'))} | {_num(o.median('cmds_backlog'))} | {rss} |")
     w("")
     ours = by.get("celeriac")
     rows = []
@@ -969,28 +1078,38 @@ def report_redis(outcomes: Sequence[Outcome], args: argparse.Namespace) -> str:
             f"| {_ratio(ours.median('drain2'), b.median('drain2'))} "
             f"| {_ratio(ours.median('rt_p50'), b.median('rt_p50'))} "
             f"| {_ratio(ours.median('rt_p99'), b.median('rt_p99'))} "
-            f"| {_ratio(ours.median('cmds'), b.median('cmds'))} |")
+            f"| {_ratio(ours.median('cmds'), b.median('cmds'))} "
+            f"| {_ratio(ours.median('cmds_backlog'), b.median('cmds_backlog'))} |")
     if rows:
         w("Ratios (medians; above 1 is better for rates, below 1 for latency and commands):")
         w("")
         w("| comparison | enqueue | bulk enqueue (vs theirs, else their one at a time) | drain, 1 process "
-          "| drain, 2 processes | round trip p50 | round trip p99 | commands/task |")
-        w("|---|---:|---:|---:|---:|---:|---:|---:|")
+          "| drain, 2 processes | round trip p50 | round trip p99 | commands/task, one at a time "
+          "| commands/task, backlog |")
+        w("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         out.extend(rows)
         w("")
-    w("Redis commands per task, by command (INFO commandstats delta / tasks, median run; "
-      "commands run inside Lua scripts are counted too):")
+    w("Redis commands per task with results stored, by command (INFO commandstats delta / "
+      "tasks, the run with the median total; commands run inside Lua scripts count, as INFO "
+      "counts them; in brackets: sent by clients + run inside Lua, from MONITOR). "
+      "*One at a time*: the tasks are sent one by one to an idle worker. *Backlog*: they are "
+      "all sent, then a worker starts and drains them (its start-up is in the window):")
     w("")
     for o in outcomes:
-        if o.unavailable or not o.runs:
-            continue
-        runs = [r for r in o.runs if r.cmds is not None]
-        if not runs:
-            continue
-        mid = sorted(runs, key=lambda r: r.cmds or 0.0)[len(runs) // 2]
-        top = ", ".join(f"{name} {value:.2f}" for name, value in list(mid.breakdown.items())[:10])
-        w(f"- {NAMES[o.setup.framework]} ({mid.cmds:.2f}): {top}")
-    background = [r.background for o in outcomes for r in o.runs if r.background]
+        for label, attr in (("one at a time", "commands"), ("backlog", "commands_backlog")):
+            found = [getattr(r, attr) for r in o.runs if getattr(r, attr) is not None]
+            if o.unavailable or not found:
+                continue
+            mid = sorted(found, key=lambda c: c.total)[len(found) // 2]
+            spread = ""
+            if len(found) > 1:
+                totals = [c.total for c in found]
+                spread = f", runs {min(totals):.2f}–{max(totals):.2f}"
+            top = ", ".join(f"{name} {value:.2f}" for name, value in list(mid.breakdown.items())[:10])
+            w(f"- {NAMES[o.setup.framework]}, {label}: **{mid.total:.2f}** ({mid.client:.2f} + "
+              f"{mid.lua:.2f}{spread}): {top}")
+    background = [c.background for o in outcomes for r in o.runs
+                  for c in (r.commands, r.commands_backlog) if c is not None and c.background]
     if background:
         w(f"- Other programs sent up to {max(background):,} commands to other databases of the "
           "server during a window; MONITOR saw them, and they are taken out of the figures.")
@@ -1054,20 +1173,23 @@ def _targets_redis(by: dict[str, Outcome], args: argparse.Namespace) -> str:
     ratio_line("drain, 1 process vs Dramatiq", "drain1", dram, T_DRAIN1_VS_DRAMATIQ)
     ratio_line("drain, 2 processes vs Dramatiq", "drain2", dram, T_DRAIN2_VS_DRAMATIQ)
     ratio_line("enqueue one at a time vs Celery", "enqueue", celery, T_ENQUEUE_VS_CELERY)
-    bulk = ours.median("bulk")
-    lines.append(f"- bulk enqueue ≥ {T_BULK:,.0f}/s: {_rate(bulk)}/s — "
-                 f"{_verdict(None if bulk is None else bulk >= T_BULK)}")
+    bulk, apply_bulk = ours.median("bulk"), ours.median("apply_bulk")
+    lines.append(f"- bulk enqueue ≥ {T_BULK:,.0f}/s: {_rate(bulk)}/s with `app.bulk_publish()` — "
+                 f"{_verdict(None if bulk is None else bulk >= T_BULK)}; {_rate(apply_bulk)}/s "
+                 f"with `task.apply_bulk()` — "
+                 f"{_verdict(None if apply_bulk is None else apply_bulk >= T_BULK)}")
     p50, p99 = ours.median("rt_p50"), ours.median("rt_p99")
     lines.append(f"- round trip p50 ≤ {T_RT_P50_MS} ms: {_ms(p50)} ms — "
                  f"{_verdict(None if p50 is None else p50 <= T_RT_P50_MS)}")
     lines.append(f"- round trip p99 ≤ {T_RT_P99_MS} ms: {_ms(p99)} ms — "
                  f"{_verdict(None if p99 is None else p99 <= T_RT_P99_MS)}")
-    cmds, client = ours.median("cmds"), ours.median("cmds_client")
-    lines.append(f"- ≤ {T_CMDS_PER_TASK:g} Redis commands per task with the result stored: "
-                 f"{_num(cmds)} (INFO commandstats, Lua-internal commands included) — "
-                 f"{_verdict(None if cmds is None else cmds <= T_CMDS_PER_TASK)}; "
-                 f"{_num(client)} sent by clients — "
-                 f"{_verdict(None if client is None else client <= T_CMDS_PER_TASK)}")
+    for label, key in (("one at a time", "cmds"), ("backlog", "cmds_backlog")):
+        cmds, client = ours.median(key), ours.median(key + "_client")
+        lines.append(f"- ≤ {T_CMDS_PER_TASK:g} Redis commands per task with the result stored, "
+                     f"{label}: {_num(cmds)} as INFO commandstats counts them (Lua-internal "
+                     f"commands included) — {_verdict(None if cmds is None else cmds <= T_CMDS_PER_TASK)}; "
+                     f"{_num(client)} sent by clients — "
+                     f"{_verdict(None if client is None else client <= T_CMDS_PER_TASK)}")
     if ours.rss is not None:
         g = ours.rss.growth
         lines.append(f"- worker RSS growth with {args.rss_tasks:,} countdown tasks < "
@@ -1094,7 +1216,7 @@ def report_amqp(outcomes: Sequence[Outcome], args: argparse.Namespace) -> str:
               "| n/a |")
             continue
         note = f" ({len(o.runs)}/{args.runs} runs)" if len(o.runs) != args.runs else ""
-        bulk = _rate(o.median("bulk")) if o.setup.framework == "celeriac" else "n/a"
+        bulk = _celeriac_bulk(o) if o.setup.framework == "celeriac" else "n/a"
         w(f"| {NAMES[o.setup.framework]} | {o.setup.label}{note} | {_rate(o.median('enqueue'))} "
           f"| {bulk} | {_rate(o.median('drain1'))} |")
     w("")
@@ -1143,10 +1265,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="countdown tasks of the memory run (default 200000)")
     parser.add_argument("--rss-settle", type=float, default=5.0,
                         help="least seconds to wait after the countdown tasks were sent")
-    parser.add_argument("--rss-max-settle", type=float, default=90.0,
+    parser.add_argument("--rss-max-settle", type=float, default=60.0,
                         help="most seconds to wait for the worker's RSS to settle")
     parser.add_argument("--bulk-batch", type=int, default=1000,
-                        help="tasks per app.bulk_publish() block (celeriac; default 1000)")
+                        help="tasks per bulk block: app.bulk_publish() or task.apply_bulk() "
+                        "(celeriac), kombu's Producer.batch() (Celery); default 1000")
     parser.add_argument("--quick", action="store_true",
                         help="smoke run: 2,000 tasks, 1 run, 200 round trips, 20,000 "
                         "countdown tasks")
@@ -1163,7 +1286,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--celeriac-pool", default="solo")
     parser.add_argument("--celeriac-concurrency", type=int, default=1)
     parser.add_argument("--celeriac-prefetch", type=int, default=None,
-                        help="celeriac's worker prefetch multiplier (default its 4)")
+                        help="celeriac's worker prefetch multiplier (default: the tuned value)")
+    parser.add_argument("--celeriac-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="extra environment variable for celeriac's processes (repeatable), "
+                        "e.g. CELERIAC_AMQP__CONFIRM_PUBLISH=false")
     parser.add_argument("--celery-pool", default="solo")
     parser.add_argument("--celery-concurrency", type=int, default=1)
     parser.add_argument("--celery-prefetch", type=int, default=None,
@@ -1171,7 +1297,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--dramatiq-threads", type=int, default=None,
                         help="Dramatiq worker threads (default: the tuned value)")
     parser.add_argument("--dramatiq-prefetch", type=int, default=None,
-                        help="Dramatiq queue prefetch (default its threads x 2)")
+                        help="Dramatiq queue prefetch (default: the tuned value; its own default "
+                        "is threads x 2)")
     parser.add_argument("--timeout", type=float, default=None,
                         help="seconds any one wait may take before the run fails")
     parser.add_argument("--json", default=None, help="also write the raw figures to this file")
@@ -1194,6 +1321,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         parser.error(f"unknown framework(s): {', '.join(sorted(unknown))}")
     args.frameworks = [f for f in FRAMEWORKS if f in only]
     args.skip_rss = args.skip_rss or args.drain_only
+    for item in args.celeriac_env:
+        if "=" not in item:
+            parser.error(f"--celeriac-env wants NAME=VALUE, not {item!r}")
     if args.skip_redis and not args.rabbitmq:
         parser.error("--skip-redis leaves nothing to run without --rabbitmq")
     return args
@@ -1201,15 +1331,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 # Best single-process settings, picked with the exploration runs described in
 # docs/benchmarks-redis.md (drain rate with one process on Redis).
-CELERY_BEST_PREFETCH = 16
-DRAMATIQ_BEST_THREADS = 8
-DRAMATIQ_BEST_PREFETCH = 64
+CELERIAC_BEST_PREFETCH = 64
+CELERY_BEST_PREFETCH = 64
+DRAMATIQ_BEST_THREADS = 2
+DRAMATIQ_BEST_PREFETCH = 256
 
 
 def setups(args: argparse.Namespace) -> dict[str, Setup]:
     return {
         "celeriac": Setup("celeriac", pool=args.celeriac_pool,
-                          concurrency=args.celeriac_concurrency, prefetch=args.celeriac_prefetch),
+                          concurrency=args.celeriac_concurrency,
+                          prefetch=args.celeriac_prefetch if args.celeriac_prefetch is not None
+                          else CELERIAC_BEST_PREFETCH,
+                          extra_env=tuple(tuple(item.split("=", 1)) for item in args.celeriac_env)),  # type: ignore[misc]
         "celery": Setup("celery", pool=args.celery_pool, concurrency=args.celery_concurrency,
                         prefetch=args.celery_prefetch if args.celery_prefetch is not None
                         else CELERY_BEST_PREFETCH),
@@ -1265,10 +1399,13 @@ def _run_part(broker: str, args: argparse.Namespace, log: Any) -> list[Outcome]:
                     bench.stop_workers()
                 o.runs.append(r)
                 print(f"[{broker} run {run_no}] {o.setup.framework:9s} enqueue {_rate(r.enqueue)}/s"
-                      f"  bulk {_rate(r.bulk)}/s  drain1 {_rate(r.drain1)}/s"
+                      f"  bulk {_rate(r.bulk)}/s apply_bulk {_rate(r.apply_bulk)}/s"
+                      f"  drain1 {_rate(r.drain1)}/s"
                       f"  drain2 {_rate(r.drain2)}/s  rt p50 {_ms(r.rt_p50)} p99 {_ms(r.rt_p99)} ms"
                       f"  cmds/task {_num(r.cmds)} (clients {_num(r.cmds_client)}, lua "
-                      f"{_num(r.cmds_lua)})  ({time.monotonic() - t0:.0f} s: "
+                      f"{_num(r.cmds_lua)}), backlog {_num(r.cmds_backlog)} (clients "
+                      f"{_num(r.cmds_backlog_client)}, lua {_num(r.cmds_backlog_lua)})"
+                      f"  ({time.monotonic() - t0:.0f} s: "
                       + ", ".join(f"{k} {v:.1f}" for k, v in r.phases.items()) + ")",
                       file=log, flush=True)
         if broker == "redis" and not args.skip_rss:
@@ -1324,6 +1461,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"Redis is not reachable at {REDIS_URL}: {exc}", file=log)
         return 1
     load_start = _load()
+    source_start = _source_state()
     atexit.register(_stop_all)
     started = time.monotonic()
     parts: dict[str, list[Outcome]] = {}
@@ -1344,6 +1482,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"Versions: {_versions()}. {os.cpu_count()} CPU(s); load average (1 min) at start "
           f"{load_start:.2f}, at end {_load():.2f}; the program ran {total / 60:.1f} min. "
           "Completions counted with HINCRBY in the task (all frameworks).")
+    source_end = _source_state()
+    if source_end == source_start:
+        print(f"celeriac: {source_start}.")
+    else:
+        print(f"**celeriac's sources changed while the program ran** ({source_start} at the "
+              f"start, {source_end} at the end): its figures mix versions.")
     print("")
     if "redis" in parts:
         print(report_redis(parts["redis"], args))
@@ -1354,8 +1498,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({part: {o.setup.framework: {
                 "setting": o.setup.label, "unavailable": o.unavailable,
-                "runs": [vars(r) for r in o.runs], "errors": o.errors,
-                "rss": None if o.rss is None else vars(o.rss), "rss_error": o.rss_error}
+                "runs": [dataclasses.asdict(r) for r in o.runs], "errors": o.errors,
+                "rss": None if o.rss is None else dataclasses.asdict(o.rss),
+                "rss_error": o.rss_error}
                 for o in outcomes} for part, outcomes in parts.items()}, f, indent=2)
     ok = all(o.runs or o.unavailable for outcomes in parts.values() for o in outcomes)
     return 0 if ok else 1
