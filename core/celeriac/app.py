@@ -401,11 +401,7 @@ class App:
         observed = hooks.implemented("celeriac_before_publish") or \
             hooks.implemented("celeriac_after_publish")
         own_root = template.headers.root_id == template.id
-        producer, declared = self._producer()
-        channel = producer.channel
-        if queue not in declared:
-            self.queue(queue)(channel).declare()
-            declared.add(queue)
+        channel = self._bulk_channel([queue])
         props = dict(wire.properties)
         priority = props.pop("priority", None)
         dumps, prepare = chosen.dumps, channel.prepare_message
@@ -437,12 +433,7 @@ class App:
         for message in messages:
             hooks.call("celeriac_before_publish", app=self, message=message, exchange=exchange,
                        routing_key=routing_key)
-        publish_many = self.transport.publish_many
-        if publish_many is not None:
-            publish_many(channel, items)
-        else:
-            for raw, ex, key in items:
-                channel.basic_publish(raw, ex, key)
+        self._send_prepared(channel, items)
         for message in messages:
             hooks.call("celeriac_after_publish", app=self, message=message, exchange=exchange,
                        routing_key=routing_key)
@@ -605,14 +596,29 @@ class App:
         finally:
             local.bulk = None
 
+    def _bulk_channel(self, queues: Iterable[str]) -> Any:
+        """This thread's producer channel, with ``queues`` declared on it once."""
+        producer, declared = self._producer()
+        channel = producer.channel
+        for queue in set(queues) - declared:
+            self.queue(queue)(channel).declare()
+            declared.add(queue)
+        return channel
+
+    def _send_prepared(self, channel: Any, items: list[tuple[Any, str, str]]) -> None:
+        """Send messages made by ``channel.prepare_message``: in one round trip
+        through the transport's ``publish_many``, else one by one."""
+        publish_many = self.transport.publish_many
+        if publish_many is not None:
+            publish_many(channel, items)
+        else:
+            for raw, exchange, routing_key in items:
+                channel.basic_publish(raw, exchange, routing_key)
+
     def _publish_many(self, pending: list[tuple[TaskMessage, Any, str, str, str]]) -> None:
         if not pending:
             return
-        producer, declared = self._producer()
-        channel = producer.channel
-        for queue in {queue for _, _, queue, _, _ in pending} - declared:
-            self.queue(queue)(channel).declare()
-            declared.add(queue)
+        channel = self._bulk_channel({queue for _, _, queue, _, _ in pending})
         items = []
         for _message, wire, _queue, exchange, routing_key in pending:
             props = dict(wire.properties)
@@ -620,12 +626,7 @@ class App:
             raw = channel.prepare_message(wire.body, priority, wire.content_type,
                                           wire.content_encoding, wire.headers, props)
             items.append((raw, exchange, routing_key))
-        publish_many = self.transport.publish_many
-        if publish_many is not None:
-            publish_many(channel, items)
-        else:
-            for raw, exchange, routing_key in items:
-                channel.basic_publish(raw, exchange, routing_key)
+        self._send_prepared(channel, items)
         hooks = self.plugins.hooks
         for message, _wire, _queue, exchange, routing_key in pending:
             hooks.call("celeriac_after_publish", app=self, message=message, exchange=exchange,
