@@ -112,13 +112,13 @@ class RedisBackend(ResultBackend):
                 except redis.WatchError:
                     continue
 
-    def _status(self, data: bytes | str) -> Any:
+    def _status(self, data: bytes) -> Any:
         try:
             return self.codec.decode(data).get("status")
         except Exception:
             return None
 
-    def _decode(self, data: bytes | str | None) -> dict[str, Any] | None:
+    def _decode(self, data: bytes | None) -> dict[str, Any] | None:
         return None if data is None else self.codec.decode(data)
 
     def get(self, task_id: str) -> dict[str, Any] | None:

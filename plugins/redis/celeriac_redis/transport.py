@@ -233,8 +233,7 @@ class LeasedChannelMixin:
     def fetch(self, limit: int | None = None) -> int:
         """Take up to the prefetch window from the consumed queues in one
         call (also writing pending acks); deliver them; return how many."""
-        queues = [q for q in self._queue_cycle.consume(len(self.active_queues))
-                  if q not in self._fanout_queues]  # type: ignore[attr-defined]
+        queues = self._queue_cycle.consume(len(self.active_queues))
         room = self._room() if limit is None else limit
         if not queues or room <= 0:
             if self._acks:
@@ -457,9 +456,7 @@ class LeasedChannelMixin:
         """Move due delayed messages of the consumed queues to their queues;
         return when the next one is due."""
         soonest = None
-        for queue in list(self.active_queues):
-            if queue in self._fanout_queues:  # type: ignore[attr-defined]
-                continue
+        for queue in self.active_queues:  # (kombu's: fanout queues left out)
             nxt = self.scripts.promote(
                 keys=[self._key(f"{queue}{self.sep}{DELAYED_SUFFIX}")],
                 args=[_time(), PROMOTE_LIMIT, self._key(queue), self.sep, self._steps],
@@ -622,18 +619,11 @@ class _Leases:
                 if channels and now >= sweep_at:
                     sweep_at = now + min(SWEEP_INTERVAL,
                                          max(0.05, min(c.visibility_timeout for c in channels) / 8))
-                    next_due = None
                     for channel in channels:
                         channel.sweep(_client(clients, channel))
-                        due = channel.promote(_client(clients, channel))
-                        if due is not None and (next_due is None or due < next_due):
-                            next_due = due
+                    next_due = _promote(channels, clients)
                 elif channels and next_due is not None and next_due <= _time():
-                    next_due = None
-                    for channel in channels:
-                        due = channel.promote(_client(clients, channel))
-                        if due is not None and (next_due is None or due < next_due):
-                            next_due = due
+                    next_due = _promote(channels, clients)
             except Exception as exc:
                 logger.warning("Redis lease upkeep failed (%s); retrying", exc)
                 clients.clear()
@@ -659,6 +649,13 @@ class _Leases:
                     sweep_at = 0.0  # something was parked: look at the delayed sets now
                 else:
                     self._stop.wait(ACK_FLUSH_DELAY)
+
+
+def _promote(channels: list[LeasedChannelMixin],
+             clients: dict[int, redis.Redis]) -> float | None:
+    """Promote due delayed messages on every channel; the soonest next due time."""
+    dues = [channel.promote(_client(clients, channel)) for channel in channels]
+    return min((due for due in dues if due is not None), default=None)
 
 
 def _client(clients: dict[int, redis.Redis], channel: LeasedChannelMixin) -> redis.Redis:
