@@ -108,6 +108,11 @@ class Settings:
     worker_pool: str = setting("threads", "Pool plugin that runs tasks (``-P``).")
     worker_concurrency: int | None = setting(None, "Number of concurrent tasks (``-c``); "
                                              "None: the number of CPUs.")
+    worker_max_tasks_per_child: int | None = setting(None, "Replace a pool child after it "
+                                                     "ran this many tasks (pools of processes).")
+    worker_max_memory_per_child: int | None = setting(None, "Replace a pool child whose resident "
+                                                      "memory exceeds this many KiB, checked "
+                                                      "before its next task.")
     worker_prefetch_multiplier: int = setting(4, "Messages reserved per unit of concurrency. "
                                               "0 means no limit.")
     worker_shutdown_timeout: float = setting(10.0, "Seconds a warm shutdown waits for running "

@@ -22,6 +22,11 @@ Rules every pool keeps (checked by :class:`celeriac.testing.contracts.PoolContra
 * Time limits: a pool declares with ``soft_time_limits`` / ``hard_time_limits``
   whether it can enforce them; the worker warns once when a task asks for a
   limit the pool cannot enforce, instead of silently ignoring it.
+* Optional abilities, each declared so the worker and remote control can say
+  "not supported by this pool" instead of failing oddly: ``resizable``
+  (:meth:`Pool.grow` / :meth:`Pool.shrink`, used by ``pool_grow``,
+  ``pool_shrink`` and autoscale) and :meth:`Pool.terminate_job` (revoke with
+  ``terminate=True``).
 """
 
 from __future__ import annotations
@@ -47,6 +52,21 @@ class Job(Protocol):
 
 
 @attrs.frozen
+class PoolOptions:
+    """Worker settings a pool may honour, given to the pool's constructor.
+
+    A pool that cannot honour one that is set says so in :attr:`Pool.limitation`
+    (the worker logs it at start-up) rather than ignoring it.
+    """
+
+    max_tasks_per_child: int | None = None
+    """Replace an execution unit (a child process) after this many tasks."""
+    max_memory_per_child: int | None = None
+    """Replace a child whose resident memory exceeds this many KiB, checked
+    before it takes its next task."""
+
+
+@attrs.frozen
 class JobFailed:
     """Passed to ``on_done`` when a job ended without returning."""
 
@@ -66,9 +86,36 @@ class Pool(ABC):
     hard_time_limits: bool = False
     limitation: str = ""
     """Said in the banner and the once-only warning when a limit cannot be enforced."""
+    default_concurrency: int | None = None
+    """Concurrency when neither ``-c`` nor ``worker_concurrency`` sets one
+    (``None``: the number of CPUs). Pools of cheap coroutines or greenlets set
+    it high."""
+    resizable: bool = False
+    """:meth:`grow` and :meth:`shrink` work (remote control and autoscale)."""
 
-    def __init__(self, concurrency: int) -> None:
+    def __init__(self, concurrency: int, options: PoolOptions | None = None) -> None:
         self.concurrency = max(1, int(concurrency))
+        self.options = options or PoolOptions()
+
+    def grow(self, n: int = 1) -> None:
+        """Add ``n`` to the concurrency (only when :attr:`resizable`)."""
+        raise NotImplementedError(f"the {self.name} pool cannot be resized")
+
+    def shrink(self, n: int = 1) -> None:
+        """Take ``n`` from the concurrency, never below 1; running jobs finish
+        first (only when :attr:`resizable`)."""
+        raise NotImplementedError(f"the {self.name} pool cannot be resized")
+
+    def terminate_job(self, job_id: str, signum: int) -> bool:
+        """End the running job ``job_id`` now (revoke with ``terminate=True``).
+
+        ``signum`` is the signal the caller asked for; pools of processes send
+        it, others end the job their own way (cancel a coroutine, kill a
+        greenlet). Return True when the job was ended; its ``on_done`` then
+        gets a :class:`JobFailed` with reason ``"terminated"``. Return False
+        when the pool cannot end a running job or does not run ``job_id``.
+        """
+        return False
 
     def start(self) -> None:
         """Get ready to take jobs (start threads or children)."""

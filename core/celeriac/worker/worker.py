@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _plugins, states
 from ..exceptions import MessageError, NotRegistered, TaskRevokedError, WorkerLostError
 from ..plugin import resolve
-from ..pool import JobFailed, Pool
+from ..pool import JobFailed, Pool, PoolOptions
 from ..protocol import decode
 from ..serialization import exception_to_dict
 from ..task import Context
@@ -69,7 +69,11 @@ class Worker:
         self.ready_callback = ready_callback
         record = _plugins.load_driver("pool", self.pool_name)
         pool_cls: type[Pool] = resolve(record.pool_class)
-        self.pool = pool_cls(self.concurrency)
+        if not (concurrency or conf.worker_concurrency) and pool_cls.default_concurrency:
+            self.concurrency = pool_cls.default_concurrency
+        self.pool = pool_cls(self.concurrency, PoolOptions(
+            max_tasks_per_child=conf.worker_max_tasks_per_child,
+            max_memory_per_child=conf.worker_max_memory_per_child))
         self.concurrency = self.pool.concurrency
         self.prefetch_limit = multiplier * self.concurrency if multiplier else None
         self.transport = app.transport

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celeriac.plugin import PoolPlugin
-from celeriac.pool import Job, JobFailed, Pool
+from celeriac.pool import Job, JobFailed, Pool, PoolOptions
 
 __all__ = ["SoloPool", "pool"]
 
@@ -40,8 +40,8 @@ class SoloPool(Pool):
         "interrupted safely, so time limits are not enforced"
     )
 
-    def __init__(self, concurrency: int = 1) -> None:
-        super().__init__(1)
+    def __init__(self, concurrency: int = 1, options: PoolOptions | None = None) -> None:
+        super().__init__(1, options)
         self._cond = threading.Condition()
         self._current: Job | None = None
         self._current_thread: int | None = None

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from celeriac.plugin import PoolPlugin
-from celeriac.pool import Job, JobFailed, Pool
+from celeriac.pool import Job, JobFailed, Pool, PoolOptions
 
 __all__ = ["ThreadPool", "pool"]
 
@@ -54,8 +54,8 @@ class ThreadPool(Pool):
         "be stopped from outside), so time limits are not enforced"
     )
 
-    def __init__(self, concurrency: int) -> None:
-        super().__init__(concurrency)
+    def __init__(self, concurrency: int, options: PoolOptions | None = None) -> None:
+        super().__init__(concurrency, options)
         self._cond = threading.Condition()
         self._pending: deque[_Slot] = deque()
         self._running: list[_Slot] = []

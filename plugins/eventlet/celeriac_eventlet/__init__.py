@@ -1,0 +1,1 @@
+"""The eventlet pool: tasks run in green threads (the worker monkey-patches at start-up)."""

@@ -1,0 +1,1 @@
+"""The gevent pool: tasks run in greenlets (the worker monkey-patches at start-up)."""
