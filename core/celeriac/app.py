@@ -258,14 +258,20 @@ class App:
     def broker_target(self) -> BrokerTarget:
         return self.transport.target(self.conf.broker_url, self.conf, self.name)
 
-    def connection(self) -> kombu.Connection:
-        """A new broker connection (not connected until used)."""
+    def connection(self, heartbeat: float | None = None) -> kombu.Connection:
+        """A new broker connection (not connected until used).
+
+        ``heartbeat`` (seconds) asks transports that have heartbeats for them;
+        whoever owns the connection must then call its ``heartbeat_check``
+        (the worker does). Producer connections go without: they would be
+        closed by the broker between publishes.
+        """
         import kombu
 
         record, target = self.transport, self.broker_target
         options = {**target.transport_options, **self.conf.broker_transport_options}
         return kombu.Connection(target.url, transport=resolve(record.kombu_transport),
-                                transport_options=options,
+                                transport_options=options, heartbeat=heartbeat or 0,
                                 connect_timeout=self.conf.broker_connection_timeout)
 
     @property

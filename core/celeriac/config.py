@@ -46,6 +46,12 @@ class Settings:
     broker_connection_timeout: float = setting(4.0, "Seconds to wait when connecting to the broker.")
     broker_connection_max_retries: int | None = setting(
         100, "How often to retry a lost broker connection before giving up (None: forever).")
+    broker_heartbeat: float | None = setting(
+        120.0, "Seconds between heartbeats on the worker's broker connection, for transports "
+        "that have them (AMQP): a dead peer or a silently dropped connection is noticed within "
+        "about twice this. None or 0 turns them off.")
+    broker_heartbeat_checkrate: float = setting(
+        3.0, "How many times per heartbeat interval the worker checks (and sends) heartbeats.")
 
     # -- results ---------------------------------------------------------------
     result_backend: str | None = setting(

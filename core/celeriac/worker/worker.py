@@ -103,6 +103,7 @@ class Worker:
         self.ready = threading.Event()
         self.stats: dict[str, int] = {}
         self.connection: Any = None
+        self._next_heartbeat_check = 0.0
         self._producer: Any = None
 
     # -- control -------------------------------------------------------------------
@@ -164,8 +165,9 @@ class Worker:
     def _connect(self) -> None:
         import kombu
 
-        self.connection = self.app.connection()
+        self.connection = self.app.connection(heartbeat=self.app.conf.broker_heartbeat)
         self.connection.ensure_connection(max_retries=self.app.conf.broker_connection_max_retries)
+        self._next_heartbeat_check = 0.0
         channel = self.connection.channel()
         queues = [self.app.queue(name) for name in self.queue_names]
         self.consumer = kombu.Consumer(channel, queues, on_message=self._on_message, no_ack=False)
@@ -200,6 +202,7 @@ class Worker:
         errors = tuple(self.connection.connection_errors)
         limit_held = self.app.conf.worker_eta_holding_limit
         while not self._stop.is_set():
+            self._check_heartbeat()
             self._drain_completions()
             self._run_calls()
             self._release_due()
@@ -229,6 +232,23 @@ class Worker:
                 # A transport failing to build a message must not kill the worker.
                 logger.exception("error while receiving messages; continuing")
                 time.sleep(0.1)
+
+    def _check_heartbeat(self) -> None:
+        """Send and check broker heartbeats when they are due (AMQP); a missed
+        one raises a connection error, which the loop turns into a reconnect."""
+        conn = self.connection
+        if not conn.supports_heartbeats or not conn.heartbeat:
+            return
+        moment = time.monotonic()
+        if moment < self._next_heartbeat_check:
+            return
+        rate = max(1.0, self.app.conf.broker_heartbeat_checkrate)
+        self._next_heartbeat_check = moment + conn.heartbeat / rate
+        try:
+            conn.heartbeat_check(rate=rate)
+        except tuple(conn.connection_errors) as exc:
+            logger.error("broker heartbeats missed (%s); reconnecting", exc)
+            self._reconnect()
 
     def _until_next_held(self) -> float:
         if not self.held:
@@ -438,8 +458,17 @@ class Worker:
         for request, outcome in finished:
             try:
                 self._settle(request, outcome)
-            except Exception:
-                logger.exception("could not acknowledge task %s[%s]", request.name, request.id)
+            except Exception as exc:
+                lost = self.connection is not None and \
+                    isinstance(exc, tuple(self.connection.connection_errors))
+                if not lost:
+                    logger.exception("could not acknowledge task %s[%s]", request.name, request.id)
+                    continue
+                # Its delivery died with the connection: the broker gives the
+                # message out again, so the task may run a second time.
+                logger.warning("could not acknowledge task %s[%s]: the broker connection was "
+                               "lost (%s); the broker will deliver it again", request.name,
+                               request.id, exc)
 
     def _settle(self, request: Request, outcome: Any) -> None:
         if isinstance(outcome, Outcome):

@@ -315,7 +315,10 @@ class Transport(pyamqp.Transport):
             elif not ready:
                 raise TimeoutError("timed out")
         if not woken:
-            return connection.drain_events(timeout=timeout, **kwargs)
+            # One frame, not py-amqp's drain_events: that one keeps reading
+            # until a method frame comes, so the broker's heartbeat frames
+            # would hold it (and the worker's loop, which sends ours) forever.
+            return connection.blocking_read(timeout)
         # Return at once, but take a frame that is already there: wake-ups in
         # quick succession must not keep deliveries unread.
         if _buffered(connection) or _readable([connection.sock.fileno()], 0):
