@@ -63,15 +63,45 @@ def _redacted(url: str) -> str:
     return f"{scheme}{sep}{user}:***@{host}" if ":" in credentials else url
 
 
+def _client(url: str, options: Mapping[str, Any]) -> redis.Redis:
+    """A client for ``url``; for ``sentinel://`` URLs, one that follows the
+    primary Sentinel names for ``options["master_name"]`` (failovers included)."""
+    if not url.startswith("sentinel://"):
+        return redis.Redis.from_url(url)
+    from urllib.parse import urlsplit
+
+    from redis.sentinel import Sentinel
+
+    master_name = options.get("master_name")
+    if not master_name:
+        raise BackendError(
+            "a sentinel:// result backend needs the primary's name: set "
+            "result_backend_transport_options = {\"master_name\": \"...\"}")
+    sentinels, password, db = [], None, 0
+    for part in url.split(";"):
+        if not part.strip():
+            continue
+        where = urlsplit(part.strip())
+        sentinels.append((where.hostname or "localhost", where.port or 26379))
+        password = password or where.password
+        if where.path.strip("/"):
+            db = int(where.path.strip("/"))
+    manager = Sentinel(sentinels, sentinel_kwargs=options.get("sentinel_kwargs"),
+                       min_other_sentinels=int(options.get("min_other_sentinels", 0)))
+    return manager.master_for(master_name, db=db, password=password)
+
+
 class RedisBackend(ResultBackend):
-    """Results in Redis under Celery's keys. ``url`` is ``redis://[:password@]host[:port][/db]``
-    (or ``rediss://`` for TLS); ``result_backend_transport_options`` is not needed."""
+    """Results in Redis under Celery's keys. ``url`` is ``redis://[:password@]host[:port][/db]``,
+    ``rediss://`` for TLS, or ``sentinel://host:26379[/db][;sentinel://host2:26379]``
+    through Redis Sentinel (``master_name`` in ``result_backend_transport_options``)."""
 
     name = "redis"
 
     def __init__(self, url: str, *, codec: Codec, settings: Settings, app_name: str) -> None:
         super().__init__(url, codec=codec, settings=settings, app_name=app_name)
-        self.client = redis.Redis.from_url(url)
+        self._options = dict(settings.result_backend_transport_options or {})
+        self.client = _client(url, self._options)
         self._json = codec.content_type == "application/json"
         self._store_script = self.client.register_script(_STORE)
 

@@ -11,7 +11,7 @@ from celeriac.plugin import BackendPlugin, BrokerTarget, ConfigSection, Transpor
 if TYPE_CHECKING:
     from celeriac.config import Settings
 
-__all__ = ["RedisSettings", "backend", "backend_tls", "celeriac_config_sections",
+__all__ = ["RedisSettings", "backend", "backend_sentinel", "backend_tls", "celeriac_config_sections",
            "section_settings", "transport", "transport_sentinel", "transport_tls"]
 
 SECTION = "redis"
@@ -131,3 +131,11 @@ backend_tls = BackendPlugin(
     description="The Redis result backend over TLS (rediss://).",
 )
 """The ``celeriac.backends: rediss`` entry point."""
+
+backend_sentinel = BackendPlugin(
+    name="sentinel",
+    backend_class="celeriac_redis.backend:RedisBackend",
+    description="The Redis result backend through Redis Sentinel (sentinel://; set master_name "
+                "in result_backend_transport_options).",
+)
+"""The ``celeriac.backends: sentinel`` entry point."""

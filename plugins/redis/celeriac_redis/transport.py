@@ -155,13 +155,9 @@ class LeasedChannelMixin:
     lease_key = LEASE_KEY
     deliveries_key = DELIVERIES_KEY
 
-    from_transport_options = (
-        *kredis.Channel.from_transport_options,
-        "fetch_batch",
-        "delay_at_publish",
-        "lease_key",
-        "deliveries_key",
-    )
+    #: Our transport options, added to those of the kombu channel mixed in.
+    own_transport_options = ("fetch_batch", "delay_at_publish", "lease_key", "deliveries_key")
+    from_transport_options = (*kredis.Channel.from_transport_options, *own_transport_options)
 
     # Provided by kombu's channel:
     connection: Any
@@ -565,6 +561,9 @@ class Channel(LeasedChannelMixin, kredis.Channel):  # type: ignore[misc]
 
 class SentinelChannel(LeasedChannelMixin, kredis.SentinelChannel):  # type: ignore[misc]
     """The same over Redis Sentinel (``sentinel://`` URLs)."""
+
+    from_transport_options = (*kredis.SentinelChannel.from_transport_options,
+                              *LeasedChannelMixin.own_transport_options)
 
 
 class _Leases:
