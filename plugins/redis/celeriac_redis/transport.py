@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import selectors
 import threading
 import time
@@ -187,6 +188,8 @@ class LeasedChannelMixin:
         self._tag_prefix = f"celeriac-{uuid.uuid4().hex[:12]}-"
         #: list key -> [connection, BLMOVE in flight]
         self._waiters: dict[str, list[Any]] = {}
+        #: Queues consumed with ``no_ack``: their messages are settled on delivery.
+        self._noack_queues: set[str] = set()
 
     # -- plumbing -------------------------------------------------------------------
 
@@ -276,6 +279,8 @@ class LeasedChannelMixin:
                 continue
             self._leased[tag] = int(count)
             deliveries.append((payload, queue))
+            if queue in self._noack_queues:
+                self._settle(tag)
         if parked:
             self._park(parked)
         return deliveries
@@ -524,10 +529,20 @@ class LeasedChannelMixin:
         super()._delete(queue, *args, **kwargs)  # type: ignore[misc]
         self.plain.delete(self._key(f"{queue}{self.sep}{DELAYED_SUFFIX}"))
 
-    def basic_consume(self, queue: str, *args: Any, **kwargs: Any) -> Any:
-        tag = super().basic_consume(queue, *args, **kwargs)  # type: ignore[misc]
+    def basic_consume(self, queue: str, no_ack: bool = False, *args: Any, **kwargs: Any) -> Any:
+        # A no-ack consumer's messages are settled as soon as they are taken
+        # (see _fetch_from): nobody would ever acknowledge them, and their
+        # leases would put them back on their list for ever.
+        if no_ack:
+            self._noack_queues.add(queue)
+        tag = super().basic_consume(queue, no_ack, *args, **kwargs)  # type: ignore[misc]
         self.connection.leases.start()
         return tag
+
+    def basic_cancel(self, consumer_tag: str) -> Any:
+        queue = self._tag_to_queue.get(consumer_tag)  # type: ignore[attr-defined]
+        self._noack_queues.discard(queue)
+        return super().basic_cancel(consumer_tag)  # type: ignore[misc]
 
     def close(self) -> None:
         try:
@@ -690,10 +705,13 @@ class TransportMixin:
             pass
 
     def _clear_wake(self) -> None:
+        # Read only while the pipe says it has bytes: a monkey-patched os.read
+        # (eventlet) waits for data instead of raising BlockingIOError.
         try:
-            while os.read(self._wake_r, 512):
-                pass
-        except (BlockingIOError, OSError):
+            while select.select([self._wake_r], [], [], 0)[0]:
+                if not os.read(self._wake_r, 512):
+                    return
+        except (BlockingIOError, OSError, ValueError):
             pass
 
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:  # type: ignore[override]

@@ -390,6 +390,27 @@ def test_a_closed_consumer_gives_its_messages_back(connect, client, qname):
         m.ack()
 
 
+def test_a_no_ack_consumers_messages_are_settled_on_delivery(connect, client, qname):
+    import kombu
+
+    publisher = connect()
+    for n in range(3):
+        _publish(publisher, qname, {"n": n})
+    conn = connect()
+    received = []
+    channel = conn.channel()
+    kombu.Consumer(channel, [kombu.Queue(qname, routing_key=qname)], on_message=received.append,
+                   no_ack=True, accept=["json"]).consume()
+    _drain(conn, received, 3, timeout=10)
+    assert sorted(m.decode()["n"] for m in received) == [0, 1, 2]
+    tags = [m.delivery_tag for m in received]
+    # Nobody acknowledges them: they must not stay leased (to come back later).
+    assert _wait_for(lambda: not any(client.hexists(UNACKED, tag) for tag in tags), 5)
+    assert not any(client.zscore(LEASES, tag) for tag in tags)
+    conn.release()
+    assert client.llen(qname) == 0
+
+
 def test_a_global_keyprefix_is_kept_on_requeue_and_park(connect, client, qname):
     prefix = f"pfx-{uuid.uuid4().hex[:8]}:"
     publisher = connect(global_keyprefix=prefix)
