@@ -1,28 +1,31 @@
-"""Per-thread state: the task running in this thread (for ``self.request``,
+"""Per-context state: the task running here (for ``self.request``,
 ``parent_id``/``root_id`` of tasks sent from inside a task, and the guard
-against ``result.get()`` inside a task)."""
+against ``result.get()`` inside a task).
+
+A context variable rather than a thread-local: each thread starts with its own
+context, and so does each asyncio task, so many ``async def`` tasks running on
+one event loop each see their own request.
+"""
 
 from __future__ import annotations
 
-import threading
+import contextvars
 from typing import Any
 
-_local = threading.local()
+_stack: contextvars.ContextVar[tuple[tuple[Any, Any], ...]] = contextvars.ContextVar(
+    "celeriac_task_stack", default=())
 
 
 def push(task: Any, request: Any) -> None:
-    stack = getattr(_local, "stack", None)
-    if stack is None:
-        stack = _local.stack = []
-    stack.append((task, request))
+    _stack.set((*_stack.get(), (task, request)))
 
 
 def pop() -> None:
-    _local.stack.pop()
+    _stack.set(_stack.get()[:-1])
 
 
 def current() -> tuple[Any, Any] | None:
-    stack = getattr(_local, "stack", None)
+    stack = _stack.get()
     return stack[-1] if stack else None
 
 

@@ -174,6 +174,16 @@ class PoolPlugin:
     name: str
     pool_class: str | type
     description: str = ""
+    patch: str | Callable[[], None] | None = None
+    """A function (or its ``"module:function"`` path) that prepares the process for this pool
+    (monkey-patching the standard library, for green pools), called with no
+    arguments by the ``celeriac`` command before the app, kombu or any broker
+    library is imported (see :mod:`celeriac.patching`). It must be idempotent.
+    The module holding this record must then import nothing heavy (neither the
+    pool's library nor kombu), since it is read before the patch runs. A pool
+    that cannot work unpatched checks it when constructed and raises
+    :class:`~celeriac.exceptions.ConfigurationError` saying how to choose the
+    pool so that the patch runs."""
 
 
 @attrs.frozen

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -111,3 +112,48 @@ class TaskJob:
 
     def run(self) -> Outcome:
         return self.tracer.run(self.request.task, self.request.context)
+
+    @property
+    def name(self) -> str:
+        """The task's name (see :class:`celeriac.pool.AsyncJob`)."""
+        return self.request.name
+
+    @property
+    def is_async(self) -> bool:
+        """The task is an ``async def`` (see :class:`celeriac.pool.AsyncJob`)."""
+        from ..trace import is_coroutine_task
+
+        return is_coroutine_task(self.request.task)
+
+    def run_async(self, guard: Callable[[Coroutine[Any, Any, Any]], Awaitable[Any]] | None = None,
+                  ) -> Coroutine[Any, Any, Outcome]:
+        """:meth:`run` on the running event loop (see :class:`celeriac.pool.AsyncJob`)."""
+        return self.tracer.run_async(self.request.task, self.request.context, guard)
+
+    def portable(self) -> PortableTaskJob:
+        """This job for a process forked from this one (see :class:`celeriac.pool.Job`)."""
+        return PortableTaskJob(self.tracer.key, self.request.name, self.request.context,
+                               time_limit=self.time_limit, soft_time_limit=self.soft_time_limit)
+
+
+@attrs.frozen
+class PortableTaskJob:
+    """A :class:`TaskJob` as sent to a forked child: the tracer by its key,
+    the task by its name, and the call's :class:`Context` (which pickles)."""
+
+    tracer_key: str
+    task_name: str
+    context: Context
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+
+    @property
+    def id(self) -> str:
+        return self.context.id or ""
+
+    def run(self) -> Outcome:
+        """Run the task with the tracer the child inherited; the result is stored here."""
+        from ..trace import find_tracer
+
+        tracer = find_tracer(self.tracer_key)
+        return tracer.run(tracer.app.tasks[self.task_name], self.context)

@@ -39,10 +39,10 @@ def test_concurrency_is_always_one():
     assert pool.info()["max-concurrency"] == 1
 
 
-def test_declares_no_time_limits_and_says_why():
+def test_declares_time_limits_and_their_limits():
     assert SoloPool.inline
-    assert not SoloPool.soft_time_limits and not SoloPool.hard_time_limits
-    assert "interrupted" in SoloPool.limitation
+    assert SoloPool.soft_time_limits and SoloPool.hard_time_limits
+    assert "SIGALRM" in SoloPool.limitation
 
 
 def test_runs_the_job_in_the_calling_thread():

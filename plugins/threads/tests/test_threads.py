@@ -32,10 +32,10 @@ def test_record_points_at_the_pool():
     assert resolve(load_driver("pool", "threads").pool_class) is ThreadPool
 
 
-def test_declares_no_time_limits_and_says_why():
+def test_declares_time_limits_and_their_limits():
     assert not ThreadPool.inline
-    assert not ThreadPool.soft_time_limits and not ThreadPool.hard_time_limits
-    assert "interrupt" in ThreadPool.limitation
+    assert ThreadPool.soft_time_limits and ThreadPool.hard_time_limits
+    assert "C call" in ThreadPool.limitation
 
 
 def test_start_makes_named_daemon_threads(pool):
