@@ -24,6 +24,7 @@ from typing import Any
 import attrs
 import cattrs
 
+from .canvas import Signature
 from .exceptions import ContentDisallowed, DecodeError, MessageError, MessageShapeError
 from .serializer import Compressor, Serializer
 from .timeutils import parse_iso
@@ -36,53 +37,10 @@ HEADER_ORDER = (
 )
 
 
-@attrs.frozen
-class Signature:
-    """A task call that can be sent later: Celery's signature, as a value.
-
-    On the wire it is a JSON object with exactly these six keys (PROTOCOL.md
-    A.4). ``options`` holds ``apply_async`` options (``task_id``, ``queue``,
-    ``link``...). ``immutable`` (``.si()``) means a parent's result is not
-    prepended to ``args``.
-    """
-
-    task: str
-    args: tuple[Any, ...] = attrs.field(default=(), converter=tuple)
-    kwargs: dict[str, Any] = attrs.field(factory=dict)
-    options: dict[str, Any] = attrs.field(factory=dict)
-    subtask_type: str | None = None
-    immutable: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "task": self.task, "args": list(self.args), "kwargs": dict(self.kwargs),
-            "options": dict(self.options), "subtask_type": self.subtask_type,
-            "immutable": self.immutable,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Signature:
-        if not isinstance(data, Mapping) or not isinstance(data.get("task"), str):
-            raise MessageShapeError(f"a signature must be an object with a 'task' string, got {data!r:.200}")
-        args = data.get("args") or ()
-        kwargs = data.get("kwargs") or {}
-        options = data.get("options") or {}
-        if not isinstance(args, (list, tuple)) or not isinstance(kwargs, Mapping) \
-                or not isinstance(options, Mapping):
-            raise MessageShapeError(f"signature {data.get('task')!r} has malformed args/kwargs/options")
-        return cls(task=data["task"], args=tuple(args), kwargs=dict(kwargs), options=dict(options),
-                   subtask_type=data.get("subtask_type"), immutable=bool(data.get("immutable", False)))
-
-    def clone(self, args: tuple[Any, ...] = (), kwargs: Mapping[str, Any] | None = None,
-              **options: Any) -> Signature:
-        """A copy with ``args`` prepended and ``kwargs``/``options`` merged
-        (args and kwargs are left alone when immutable)."""
-        if self.immutable:
-            new_args, new_kwargs = self.args, dict(self.kwargs)
-        else:
-            new_args = tuple(args) + self.args
-            new_kwargs = {**self.kwargs, **(kwargs or {})}
-        return attrs.evolve(self, args=new_args, kwargs=new_kwargs, options={**self.options, **options})
+# There is one signature type, the canvas's (imported above): a dict with
+# Celery's six keys that is its own wire form (PROTOCOL.md A.4).
+# ``Signature.from_dict`` builds the class its ``subtask_type`` names and
+# raises MessageShapeError for anything else.
 
 
 def _signatures(value: Any, what: str) -> tuple[Signature, ...] | None:

@@ -15,6 +15,8 @@ REVOKED = "REVOKED"
 REJECTED = "REJECTED"
 RETRY = "RETRY"
 """Failed and will be retried."""
+IGNORED = "IGNORED"
+"""The task raised :class:`~celeriac.exceptions.Ignore` (or was replaced): nothing is stored."""
 
 READY_STATES = frozenset({SUCCESS, FAILURE, REVOKED})
 UNREADY_STATES = frozenset({PENDING, RECEIVED, STARTED, REJECTED, RETRY})

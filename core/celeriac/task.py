@@ -59,6 +59,9 @@ class Context:
     is_eager: bool = False
     called_directly: bool = True
     message: Any = attrs.field(default=None, repr=False)
+    children: list[Any] = attrs.field(factory=list, repr=False)
+    """Results of what the call sent (callbacks, chain steps, tasks it
+    called): stored with its result as ``children``, as Celery does."""
     """The :class:`~celeriac.protocol.TaskMessage` being run (None when called directly)."""
 
 
@@ -170,18 +173,51 @@ class Task:
     def s(self, *args: Any, **kwargs: Any) -> Signature:
         """A signature of this task with these arguments (partial: the
         parent's result is prepended when used as a callback)."""
-        return Signature(self.name, args, kwargs)
+        return self.signature(args, kwargs)
 
     def si(self, *args: Any, **kwargs: Any) -> Signature:
         """An immutable signature: the parent's result is not prepended."""
-        return Signature(self.name, args, kwargs, immutable=True)
+        return self.signature(args, kwargs, immutable=True)
 
     def signature(self, args: Iterable[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
                   **options: Any) -> Signature:
-        return Signature(self.name, tuple(args or ()), dict(kwargs or {}), options,
-                         immutable=bool(options.pop("immutable", False)))
+        """A signature of this task: ``add.signature((2, 2), countdown=10)``
+        (``options=``, ``immutable=`` as in :func:`celeriac.signature`)."""
+        from .canvas import signature
+
+        options.setdefault("app", self.app)
+        return signature(self, args, kwargs, **options)
 
     subtask = signature
+
+    def map(self, it: Iterable[Any]) -> Signature:
+        """One message that calls this task on each item of ``it`` (:class:`~celeriac.xmap`)."""
+        from .canvas import xmap
+
+        return xmap(self.s(), it, app=self.app)
+
+    def starmap(self, it: Iterable[Any]) -> Signature:
+        """As :meth:`map`, each item unpacked as arguments (:class:`~celeriac.xstarmap`)."""
+        from .canvas import xstarmap
+
+        return xstarmap(self.s(), it, app=self.app)
+
+    def chunks(self, it: Iterable[Any], n: int) -> Signature:
+        """The items of ``it`` in chunks of ``n``, one message each, as a group
+        (:class:`~celeriac.chunks`)."""
+        from .canvas import chunks
+
+        return chunks(self.s(), it, n, app=self.app)
+
+    def replace(self, sig: Any) -> Any:
+        """Replace this running task by ``sig``: it inherits the task's id,
+        callbacks, errbacks, chord and the rest of its chain; then
+        :class:`~celeriac.exceptions.Ignore` ends this call with nothing
+        stored. Use it as ``return self.replace(sig)`` (in eager mode it
+        returns ``sig``'s value)."""
+        from .canvas import replace_task
+
+        return replace_task(self, sig)
 
     def AsyncResult(self, task_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
         from .result import AsyncResult
