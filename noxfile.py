@@ -59,6 +59,8 @@ def bench(session: nox.Session) -> None:
     tables; takes minutes)."""
     session.run("python", "bench/sqlite_bench.py", *session.posargs)
     session.run("python", "bench/redis_bench.py", "--rabbitmq", *session.posargs)
+    session.run("python", "bench/asyncio_bench.py")
+    session.run("python", "bench/canvas_bench.py")
 
 
 @nox.session
@@ -66,3 +68,10 @@ def soak(session: nox.Session) -> None:
     """Longer runs of the process tests, repeated to catch rare races."""
     for _ in range(5):
         session.run("pytest", "tests/e2e", "plugins/sqlite", "-n", "2", *session.posargs)
+
+
+@nox.session(name="chord-kill")
+def chord_kill(session: nox.Session) -> None:
+    """The kill -9 chord test, 20 times in a row on SQLite and Redis (minutes)."""
+    session.env["CELERIAC_CHORD_KILL_REPEAT"] = "20"
+    session.run("pytest", "tests/e2e/test_chord_kill.py", "-n", "2", *session.posargs)

@@ -16,41 +16,63 @@ _LAZY = {
     "Task": "celeriac.task",
     "AsyncResult": "celeriac.result",
     "EagerResult": "celeriac.result",
-    "Signature": "celeriac.protocol",
+    "Signature": "celeriac.canvas",
+    "signature": "celeriac.canvas",
+    "maybe_signature": "celeriac.canvas",
+    "chain": "celeriac.canvas",
+    "group": "celeriac.canvas",
+    "chord": "celeriac.canvas",
+    "chunks": "celeriac.canvas",
+    "xmap": "celeriac.canvas",
+    "xstarmap": "celeriac.canvas",
+    "GroupResult": "celeriac.result",
+    "ResultSet": "celeriac.result",
+    "Ignore": "celeriac.exceptions",
     "states": "celeriac.states",
     "Retry": "celeriac.exceptions",
     "MaxRetriesExceededError": "celeriac.exceptions",
     "TaskRevokedError": "celeriac.exceptions",
+    "TimeLimitExceeded": "celeriac.exceptions",
+    "SoftTimeLimitExceeded": "celeriac.exceptions",
+    "WorkerLostError": "celeriac.exceptions",
     "TimeoutError": "celeriac.exceptions",
     "ConfigurationError": "celeriac.exceptions",
 }
 
 __all__ = [
-    "App", "AsyncResult", "ConfigurationError", "EagerResult", "MaxRetriesExceededError", "Retry",
-    "Signature", "Task", "TaskRevokedError", "TimeoutError", "current_app", "signature", "states",
+    "App", "AsyncResult", "ConfigurationError", "EagerResult", "GroupResult", "Ignore",
+    "MaxRetriesExceededError", "ResultSet", "Retry", "Signature", "SoftTimeLimitExceeded", "Task",
+    "TaskRevokedError", "TimeLimitExceeded", "TimeoutError", "WorkerLostError", "chain", "chord",
+    "chunks", "current_app", "group", "maybe_signature", "signature", "states", "xmap",
+    "xstarmap",
 ]
 
 if TYPE_CHECKING:
     from .app import App, current_app
+    from .canvas import (
+        Signature,
+        chain,
+        chord,
+        chunks,
+        group,
+        maybe_signature,
+        signature,
+        xmap,
+        xstarmap,
+    )
     from .exceptions import (
         ConfigurationError,
+        Ignore,
         MaxRetriesExceededError,
         Retry,
+        SoftTimeLimitExceeded,
         TaskRevokedError,
+        TimeLimitExceeded,
         TimeoutError,
+        WorkerLostError,
     )
-    from .protocol import Signature
-    from .result import AsyncResult, EagerResult
+    from .result import AsyncResult, EagerResult, GroupResult, ResultSet
     from .task import Task
-
-
-def signature(task: Any, args: Any = (), kwargs: Any = None, **options: Any) -> Any:
-    """A signature by task name or task: ``signature("proj.add", (2, 2))``."""
-    from .protocol import Signature
-
-    name = task if isinstance(task, str) else task.name
-    immutable = bool(options.pop("immutable", False))
-    return Signature(name, tuple(args or ()), dict(kwargs or {}), options, immutable=immutable)
 
 
 def __getattr__(name: str) -> Any:

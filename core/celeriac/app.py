@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
 import threading
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -26,7 +28,9 @@ from .timeutils import UTC, now, to_iso
 if TYPE_CHECKING:
     import kombu
 
+    from .control import Control
     from .result import AsyncResult as _AsyncResult
+    from .result import GroupResult as _GroupResult
     from .routing import Router
     from .serialization import Serializers
     from .worker.worker import Worker
@@ -39,9 +43,19 @@ APPLY_OPTIONS = frozenset({
     "headers", "link", "link_error", "ignore_result", "time_limit", "soft_time_limit", "shadow",
     "serializer", "retries", "root_id", "parent_id", "group_id", "group_index", "chain", "chord",
     "reply_to", "task", "retry", "retry_policy", "stamped_headers", "stamps",
+    # the canvas's: Task.replace's depth, the name routes use, and whether the
+    # call counts among the children of the task that sends it
+    "replaced_task_nesting", "route_name", "add_to_parent",
 })
 
 _current: App | None = None
+
+#: Every app of this process, for :meth:`App.after_fork` in forked children.
+_apps: weakref.WeakSet[App] = weakref.WeakSet()
+
+#: Broker connections inherited through a fork. Kept referenced and never
+#: closed in the child: closing could end the parent's session with the broker.
+_inherited: list[Any] = []
 
 
 def current_app() -> App:
@@ -81,6 +95,17 @@ class DisabledBackend(ResultBackend):
     def forget(self, task_id: str) -> None:
         pass
 
+    def save_group(self, group_id: str, document: Mapping[str, Any], *,
+                   expires: float | None) -> None:
+        raise ConfigurationError(
+            "No result backend is configured, so a group result cannot be saved. Set "
+            "result_backend (e.g. App(backend='sqlite://')).")
+
+    def save_chain(self, chain_id: str, steps: Any, *, expires: float | None) -> None:
+        raise ConfigurationError(
+            "canvas_compact_chains keeps the rest of a chain in the result backend, and none is "
+            "configured. Set result_backend, or turn canvas_compact_chains off.")
+
     def describe(self) -> str:
         return "disabled"
 
@@ -113,7 +138,8 @@ class App:
         self._conf: Settings | None = None
         self._plugins: _plugins.Plugins | None = None
         self._backend: ResultBackend | None = None
-        self._backend_pid: int | None = None
+        self._pid = os.getpid()
+        """The process whose connections the app holds (see :meth:`after_fork`)."""
         self._serializers: Serializers | None = None
         self._router: Router | None = None
         self._local = threading.local()
@@ -122,6 +148,10 @@ class App:
         self.nodename: str | None = None
         """Set by a worker to its node name: messages sent from it carry it as ``origin``."""
         _current = self
+        _apps.add(self)
+        from .canvas import register_builtin_tasks
+
+        register_builtin_tasks(self)
 
     @classmethod
     def from_config(cls, path: str | os.PathLike[str], **settings: Any) -> App:
@@ -276,14 +306,38 @@ class App:
 
     @property
     def backend(self) -> ResultBackend:
-        """The result backend (one per process; re-created after a fork)."""
-        pid = os.getpid()
-        if self._backend is None or self._backend_pid != pid:
+        """The result backend (made safe again in a forked child: :meth:`after_fork`)."""
+        if self._pid != os.getpid():
+            self.after_fork()
+        if self._backend is None:
             with self._lock:
-                if self._backend is None or self._backend_pid != pid:
+                if self._backend is None:
                     self._backend = self._make_backend()
-                    self._backend_pid = pid
         return self._backend
+
+    def after_fork(self) -> None:
+        """Make the app safe to use in a child process forked from one that used it.
+
+        Called in the child of every ``os.fork()`` (``os.register_at_fork``),
+        so forking pools and ``multiprocessing`` need not call it; calling it
+        again in the same process does nothing. Settings, tasks and plugins
+        carry over. What the child must not share with its parent is let go
+        without being closed (the parent still uses it): the result backend forgets its
+        connections (:meth:`celeriac.backend.ResultBackend.after_fork`), the
+        producer's broker connection is dropped (the next send opens one),
+        and the app's lock is new (another thread may have held it at the fork).
+        """
+        pid = os.getpid()
+        if self._pid == pid:
+            return
+        self._pid = pid
+        self._lock = threading.RLock()
+        if self._backend is not None:
+            self._backend.after_fork()
+        connection = getattr(self._local, "connection", None)
+        if connection is not None:
+            _inherited.append(connection)
+        self._local = threading.local()
 
     def _make_backend(self) -> ResultBackend:
         from .serialization import ResultCodec
@@ -344,10 +398,32 @@ class App:
         backend = self.backend
         return backend.reply_to or self.oid if backend.enabled else self.oid
 
+    @functools.cached_property
+    def control(self) -> Control:
+        """Remote control of this app's workers: ``app.control.inspect().active()``,
+        ``app.control.revoke(task_id)``, ... (Celery's API; see :mod:`celeriac.control`)."""
+        from .control import Control
+
+        return Control(self)
+
     def AsyncResult(self, task_id: str, **kwargs: Any) -> _AsyncResult:  # noqa: N802 - Celery's name
         from .result import AsyncResult
 
         return AsyncResult(task_id, app=self, **kwargs)
+
+    def GroupResult(self, id: str | None = None, results: Iterable[Any] | None = None,  # noqa: N802 - Celery's name
+                    parent: Any = None) -> _GroupResult:
+        """The result of group ``id`` with these member results."""
+        from .result import GroupResult
+
+        return GroupResult(id, list(results or ()), parent=parent, app=self)
+
+    def signature(self, *args: Any, **kwargs: Any) -> Signature:
+        """A signature bound to this app (see :func:`celeriac.signature`)."""
+        from .canvas import signature
+
+        kwargs.setdefault("app", self)
+        return signature(*args, **kwargs)
 
     def send_task(self, name: str, args: Iterable[Any] | None = None,
                   kwargs: Mapping[str, Any] | None = None, **options: Any) -> _AsyncResult:
@@ -355,13 +431,20 @@ class App:
         self.check_apply_options(name, options)
         task: Task | None = options.pop("task", None) or self.tasks.get(name)
         options.pop("retry", None), options.pop("retry_policy", None)
+        add_to_parent = options.pop("add_to_parent", True)
         message, queue = self.build_message(name, args, kwargs, task=task, **options)
         serializer = options.get("serializer") or (task.serializer if task is not None else None)
         self.publish(message, queue=queue, exchange=options.get("exchange") or "",
                      routing_key=options.get("routing_key") or queue, serializer=serializer)
         from .result import AsyncResult
 
-        return AsyncResult(message.id, app=self, task_name=name)
+        result = AsyncResult(message.id, app=self, task_name=name)
+        if add_to_parent:
+            # As Celery: a task's children (stored with its result) are what it sent.
+            from .canvas import _add_to_parent
+
+            _add_to_parent(result)
+        return result
 
     def send_bulk(self, name: str, args_list: Iterable[Iterable[Any]],
                   kwargs_list: Iterable[Mapping[str, Any]] | None = None,
@@ -404,8 +487,9 @@ class App:
         exchange = options.get("exchange") or ""
         routing_key = options.get("routing_key") or queue
         hooks = self.plugins.hooks
+        sent_events = self.conf.task_send_sent_event
         observed = hooks.implemented("celeriac_before_publish") or \
-            hooks.implemented("celeriac_after_publish")
+            hooks.implemented("celeriac_after_publish") or sent_events
         own_root = template.headers.root_id == template.id
         channel = self._bulk_channel([queue])
         props = dict(wire.properties)
@@ -443,6 +527,8 @@ class App:
         for message in messages:
             hooks.call("celeriac_after_publish", app=self, message=message, exchange=exchange,
                        routing_key=routing_key)
+        if sent_events:
+            self._send_sent_events(channel, [(m, queue, exchange, routing_key) for m in messages])
         return [AsyncResult(task_id, app=self, task_name=name) for task_id in ids]
 
     @staticmethod
@@ -465,7 +551,8 @@ class App:
                       parent_id: str | None = None, group_id: str | None = None,
                       group_index: int | None = None, chain: Any = None, chord: Any = None,
                       reply_to: str | None = None, stamped_headers: Any = None,
-                      stamps: Mapping[str, Any] | None = None, **_: Any) -> tuple[TaskMessage, str]:
+                      stamps: Mapping[str, Any] | None = None, replaced_task_nesting: int = 0,
+                      route_name: str | None = None, **_: Any) -> tuple[TaskMessage, str]:
         """The message for one task call and the queue it goes to."""
         args = tuple(args or ())
         kwargs = dict(kwargs or {})
@@ -482,7 +569,8 @@ class App:
             expires = now() + timedelta(seconds=expires)
         if ignore_result is None and task is not None:
             ignore_result = bool(task.option("ignore_result"))
-        route = self.router.route(name, {"queue": queue}, task.queue if task else None)
+        route = self.router.route(route_name or name, {"queue": queue},
+                                  task.queue if task else None)
         if priority is None:
             priority = route.get("priority")
         if priority is None and task is not None:
@@ -495,6 +583,7 @@ class App:
             timelimit=(time_limit, soft_time_limit), root_id=root_id or task_id,
             parent_id=parent_id, argsrepr=_saferepr(args), kwargsrepr=_saferepr(kwargs),
             origin=self.origin, ignore_result=ignore_result,
+            replaced_task_nesting=replaced_task_nesting or 0,
             stamped_headers=tuple(stamped_headers) if stamped_headers else None,
             stamps=dict(stamps or {}), extra=dict(headers or {}),
         )
@@ -520,26 +609,26 @@ class App:
     def origin(self) -> str:
         return self.nodename or f"gen{os.getpid()}@{socket.gethostname()}"
 
-    def send_signature(self, sig: Signature, *, parent: Context | None = None,
-                       chain: tuple[Signature, ...] | None = None) -> _AsyncResult:
-        """Send a signature (a callback, errback or chain step) as a task."""
-        if sig.subtask_type is not None:
-            raise NotImplementedError(
-                f"canvas type {sig.subtask_type!r} ({sig.task}) cannot be sent by this version")
-        options = {k: v for k, v in sig.options.items() if k in APPLY_OPTIONS and k != "task"}
-        dropped = set(sig.options) - set(options) - {"subtask_type"}
-        if dropped:
-            logger.debug("ignoring signature options %s of %s", sorted(dropped), sig.task)
+    def send_signature(self, sig: Signature | Mapping[str, Any], *, args: Iterable[Any] = (),
+                       parent: Context | None = None, chain: Iterable[Any] | None = None) -> Any:
+        """Apply a signature on behalf of the task call ``parent``: a callback,
+        an errback, a chain step (with ``chain``, the steps after it) or a
+        chord body, of any canvas type, with ``args`` before its own (unless
+        it is immutable), as ``parent``'s child. When ``parent`` ran eagerly,
+        a signature whose task is known here runs here too."""
+        from .canvas import maybe_signature
+
+        signature: Signature = maybe_signature(sig, app=self)
+        options: dict[str, Any] = {}
         if chain is not None:
-            options["chain"] = chain
-        if parent is not None and not parent.is_eager:
-            options.setdefault("parent_id", parent.id)
-            options.setdefault("root_id", parent.root_id or parent.id)
-        task = self.tasks.get(sig.task)
-        if parent is not None and parent.is_eager and task is not None:
-            return task.apply(sig.args, sig.kwargs, **{k: v for k, v in options.items()
-                                                      if k in ("task_id", "link", "link_error")})
-        return self.send_task(sig.task, sig.args, sig.kwargs, task=task, **options)
+            options["chain"] = list(chain)
+        if parent is not None and parent.is_eager:
+            if signature.subtask_type is not None or signature.task in self.tasks:
+                return signature.apply(tuple(args), **options)
+        elif parent is not None:
+            options["parent_id"] = parent.id
+            options["root_id"] = parent.root_id or parent.id
+        return signature.apply_async(tuple(args), **options)
 
     def retry_message(self, task: Task, request: Context, *, args: Any = None, kwargs: Any = None,
                       eta: datetime | None = None, countdown: float | None = None,
@@ -637,6 +726,15 @@ class App:
         for message, _wire, _queue, exchange, routing_key in pending:
             hooks.call("celeriac_after_publish", app=self, message=message, exchange=exchange,
                        routing_key=routing_key)
+        if self.conf.task_send_sent_event:
+            self._send_sent_events(channel, [(m, q, e, r) for m, _w, q, e, r in pending])
+
+    def _send_sent_events(self, channel: Any, sent: list[tuple[TaskMessage, str, str, str]]) -> None:
+        """``task-sent`` events (``task_send_sent_event``) for messages just
+        published on ``channel``: ``(message, queue, exchange, routing_key)``."""
+        from .events.dispatcher import send_task_sent
+
+        send_task_sent(self, channel.connection.client, sent)
 
     def publish(self, message: TaskMessage, *, queue: str, exchange: str = "",
                 routing_key: str | None = None, serializer: str | None = None) -> None:
@@ -674,6 +772,8 @@ class App:
         declared.add(queue)
         hooks.call("celeriac_after_publish", app=self, message=message, exchange=exchange,
                    routing_key=routing_key)
+        if self.conf.task_send_sent_event:
+            self._send_sent_events(producer.channel, [(message, queue, exchange, routing_key)])
 
     # -- worker ----------------------------------------------------------------------
 
@@ -694,6 +794,18 @@ class App:
 
     def __repr__(self) -> str:
         return f"<celeriac.App {self.main or '?'}>"
+
+
+def _after_fork_in_child() -> None:
+    for app in list(_apps):
+        try:
+            app.after_fork()
+        except Exception:
+            logger.exception("%r could not be made safe after a fork", app)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _iso(value: datetime | str | None) -> str | None:

@@ -172,10 +172,20 @@ def cli() -> None:
 @click.option("-n", "--hostname", help="Node name, e.g. w1@%h.")
 @click.option("-l", "--loglevel", default=None, help="DEBUG, INFO, WARNING, ERROR.")
 @click.option("--prefetch-multiplier", type=int, help="Messages reserved per unit of concurrency.")
+@click.option("--autoscale", metavar="MAX,MIN",
+              help="Grow the pool up to MAX under load, shrink it to MIN when calm (prefork).")
+@click.option("--max-tasks-per-child", type=click.IntRange(min=1),
+              help="Replace a pool child process after it ran this many tasks.")
+@click.option("--max-memory-per-child", type=click.IntRange(min=1), metavar="KIB",
+              help="Replace a pool child whose resident memory exceeds this many KiB.")
+@click.option("-E", "--task-events", is_flag=True,
+              help="Send task events, heartbeats and online/offline (worker_send_task_events).")
 @click.pass_context
 @_guard
 def worker(ctx: click.Context, queues: str | None, pool: str | None, concurrency: int | None,
-           hostname: str | None, loglevel: str | None, prefetch_multiplier: int | None) -> None:
+           hostname: str | None, loglevel: str | None, prefetch_multiplier: int | None,
+           autoscale: str | None, max_tasks_per_child: int | None,
+           max_memory_per_child: int | None, task_events: bool) -> None:
     """Start a worker."""
     import socket
 
@@ -185,7 +195,10 @@ def worker(ctx: click.Context, queues: str | None, pool: str | None, concurrency
     if hostname:
         hostname = hostname.replace("%h", socket.gethostname()).replace("%n", socket.gethostname().split(".")[0])
     w = app.Worker(queues=queues.split(",") if queues else None, pool=pool, concurrency=concurrency,
-                   hostname=hostname, prefetch_multiplier=prefetch_multiplier)
+                   hostname=hostname, prefetch_multiplier=prefetch_multiplier, autoscale=autoscale,
+                   max_tasks_per_child=max_tasks_per_child,
+                   max_memory_per_child=max_memory_per_child,
+                   task_events=True if task_events else None)
     w.start()
 
 
@@ -353,6 +366,56 @@ def dead_letter_purge(ctx: click.Context, task_ids: tuple[str, ...], all_: bool)
     click.echo(f"deleted {count} message{'s' if count != 1 else ''}")
 
 
+# -- monitoring ---------------------------------------------------------------------
+
+
+@cli.command()
+@app_options
+@click.option("--dump", is_flag=True, help="Print every event, one per line, instead of the view.")
+@click.option("--json", "as_json", is_flag=True, help="With --dump: one JSON object per line.")
+@click.option("--interval", type=click.FloatRange(min=0.1), default=1.0, show_default=True,
+              help="Seconds between redraws of the live view.")
+@click.option("--limit", type=click.IntRange(min=1), help="With --dump: stop after N events.")
+@click.pass_context
+@_guard
+def events(ctx: click.Context, dump: bool, as_json: bool, interval: float,
+           limit: int | None) -> None:
+    """Watch events live: workers, tasks by state, rates (Ctrl-C quits)."""
+    from .events.command import run_events
+
+    if (as_json or limit is not None) and not dump:
+        raise click.UsageError("--json and --limit go with --dump")
+    run_events(_load_app(ctx), dump=dump, as_json=as_json, interval=interval, limit=limit)
+
+
+@cli.command()
+@app_options
+@click.option("--state-file", type=click.Path(dir_okay=False),
+              help="The worker's state file (default: the worker_state_file setting).")
+@click.option("--url", help="The worker's probe, e.g. http://127.0.0.1:8000/healthz "
+              "(default: worker_health_port on this host).")
+@click.option("--json", "as_json", is_flag=True, help="Print the verdict as JSON.")
+@click.pass_context
+@_guard
+def health(ctx: click.Context, state_file: str | None, url: str | None, as_json: bool) -> None:
+    """Liveness of a worker on this host: exit 0 when alive, 1 when stalled or gone."""
+    from .worker import liveness
+
+    if state_file is None and url is None:
+        conf = _load_app(ctx).conf
+        state_file = conf.worker_state_file
+        if state_file is None and conf.worker_health_port:
+            url = f"http://127.0.0.1:{conf.worker_health_port}{liveness.HEALTH_PATH}"
+        if state_file is None and url is None:
+            raise click.UsageError("give --state-file or --url, or set worker_state_file or "
+                                   "worker_health_port in the app's settings")
+    verdict = liveness.probe_file(state_file) if state_file else liveness.probe_url(str(url))
+    click.echo(json.dumps(verdict.as_dict()) if as_json else
+               f"{'healthy' if verdict.healthy else 'unhealthy'}: {verdict.state}: {verdict.reason}")
+    if not verdict.healthy:
+        ctx.exit(EX_FAILURE)
+
+
 # -- plugins ------------------------------------------------------------------------
 
 
@@ -410,6 +473,14 @@ def _describe(record: Any) -> str:
     return text
 
 
+# -- remote control -----------------------------------------------------------------
+
+from .control.cli import commands as _control_commands  # noqa: E402 - uses the helpers above
+
+for _command in _control_commands():
+    cli.add_command(_command)
+
+
 def build_cli() -> click.Group:
     """The command group with plugin-provided commands added."""
     from . import _plugins
@@ -429,6 +500,13 @@ def build_cli() -> click.Group:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The ``celeriac`` command. Run as the process's own command line
+    (``argv`` None), it first lets the chosen pool patch the process
+    (:mod:`celeriac.patching`); called with ``argv`` it never patches."""
+    if argv is None:
+        from .patching import patch_for_command_line
+
+        patch_for_command_line(sys.argv[1:])
     build_cli().main(args=argv, prog_name="celeriac")
 
 

@@ -62,6 +62,11 @@ class Settings:
     result_expires: float | None = setting(86400.0, "Seconds a result is kept (None: forever).")
     result_extended: bool = setting(False, "Also store task name, args, kwargs, worker, retries "
                                     "and queue with each result (as Celery does).")
+    result_backend_transport_options: dict[str, Any] = setting(
+        dict, "Options of the result backend, as Celery names them. Redis: "
+        "``global_keyprefix`` prefixes every key (``x`` gives ``x_celery-task-meta-...``), "
+        "``result_chord_ordered`` (default true) keeps a chord's header results in "
+        "``group_index`` order.", factory=True)
 
     # -- messages --------------------------------------------------------------
     task_serializer: str = setting("json", "Serializer of task messages.")
@@ -71,6 +76,10 @@ class Settings:
     task_compression: str | None = setting(None, "Compressor of task bodies (a compressor "
                                            "plugin name), or None.")
     task_protocol: int = setting(2, "Task message protocol version sent (2; 1 is only read).")
+    task_send_sent_event: bool = setting(False, "Send a ``task-sent`` event for each task "
+                                         "message published (Celery's name).")
+    event_exchange: str = setting("celeryev", "Exchange events are published on (Celery's "
+                                  "default, so Celery's monitors and ours share it).")
 
     # -- routing ---------------------------------------------------------------
     task_default_queue: str = setting("celery", "Queue of tasks that no route sends elsewhere.")
@@ -89,6 +98,13 @@ class Settings:
     task_default_queue_type: str = setting("classic", "Type of the queues celeriac declares "
                                            "on brokers that have several (AMQP: ``classic`` "
                                            "or ``quorum``).")
+
+    # -- canvas ----------------------------------------------------------------
+    canvas_compact_chains: bool = setting(
+        False, "Keep the rest of a chain in the result backend and send only a reference "
+        "with each step, so messages stay small however long the chain. Only celeriac "
+        "workers can follow the reference: leave it off when Celery workers run chain steps. "
+        "The stored steps last ``result_expires``.")
 
     # -- task defaults ---------------------------------------------------------
     task_acks_late: bool = setting(True, "Acknowledge a message after its task ran (at least "
@@ -119,6 +135,14 @@ class Settings:
     worker_max_memory_per_child: int | None = setting(None, "Replace a pool child whose resident "
                                                       "memory exceeds this many KiB, checked "
                                                       "before its next task.")
+    worker_autoscale: str | None = setting(None, "Autoscale the pool: ``'max,min'`` (e.g. "
+                                           "``'8,2'``; ``--autoscale``). The pool starts with "
+                                           "``min`` (at least 1), grows with the tasks waiting "
+                                           "up to ``max``, and shrinks when calm. Needs a pool "
+                                           "that can be resized (prefork). None: a fixed size.")
+    worker_autoscale_keepalive: float = setting(30.0, "Seconds after the pool last grew or a "
+                                                "task last arrived before autoscale shrinks "
+                                                "the pool (Celery's ``AUTOSCALE_KEEPALIVE``).")
     worker_prefetch_multiplier: int = setting(4, "Messages reserved per unit of concurrency. "
                                               "0 means no limit.")
     worker_shutdown_timeout: float = setting(10.0, "Seconds a warm shutdown waits for running "
@@ -134,8 +158,43 @@ class Settings:
                                               "default queue.")
     worker_hostname: str | None = setting(None, "Node name (``-n``); default "
                                           "``celeriac@<host>``.")
-    worker_send_task_events: bool = setting(False, "Send task events (``-E``).")
+    worker_send_task_events: bool = setting(
+        False, "Send task events (``-E``), and announce the worker with ``worker-online``, "
+        "heartbeats and ``worker-offline``, in Celery's format (``docs/monitoring.md``). Off: "
+        "the worker sends no event at all until remote control's ``enable_events``.")
+    worker_heartbeat_interval: float = setting(
+        2.0, "Seconds between a worker's ``worker-heartbeat`` events (sent while events are "
+        "on). Monitors consider a worker gone after twice this without one.")
+    worker_liveness_timeout: float = setting(
+        60.0, "Seconds the worker's loop may go without turning before the liveness probe "
+        "calls it stalled (the loop turns at least once a second; a task the solo pool runs "
+        "in the loop does not count). Used by ``worker_health_port`` and ``worker_state_file``.")
+    worker_health_port: int | None = setting(
+        None, "Serve the liveness probe over HTTP on this port (``GET /healthz``: 200 or 503 "
+        "with a JSON reason). None: no server. 0: any free port (logged).")
+    worker_health_host: str = setting("0.0.0.0", "Address the liveness server listens on.")
+    worker_state_file: str | None = setting(
+        None, "Path of a JSON file the worker rewrites every few seconds with its liveness "
+        "(read by ``celeriac health``; a file not rewritten within "
+        "``worker_liveness_timeout`` means a frozen worker). None: no file.")
     worker_log_level: str = setting("INFO", "Log level of the worker (``-l``).")
+
+    # -- remote control --------------------------------------------------------
+    worker_enable_remote_control: bool = setting(
+        True, "Answer remote control (``inspect``, ``control``, ``status``, broadcast "
+        "revokes). Needs a transport that can broadcast.")
+    worker_revoke_expires: float = setting(
+        10800.0, "Seconds a revoke lasts (Celery's 3 hours): workers forget it and the result "
+        "backend drops it afterwards. A task revoked with a countdown or ETA further away than "
+        "this runs when it comes due.")
+    control_exchange: str = setting("celery", "Name of the remote-control exchange "
+                                    "(``<name>.pidbox``). Celery's default, so Celery's tools "
+                                    "and workers share it.")
+    control_queue_ttl: float | None = setting(300.0, "Seconds a remote-control request or "
+                                              "reply waits in its queue before it is dropped.")
+    control_queue_expires: float | None = setting(10.0, "Seconds an unused remote-control "
+                                                  "queue lives on the broker (where it can "
+                                                  "expire).")
 
     # Plugin sections, by name (filled by the loader from ConfigSection hooks).
     sections: dict[str, Any] = attrs.field(factory=dict, metadata={"doc": "Plugin sections."})

@@ -122,6 +122,12 @@ class Retry(TaskError):  # noqa: N818 - Celery's name
         return self.__class__, (self.message, self.exc, self.when)
 
 
+class Ignore(TaskError):  # noqa: N818 - Celery's name
+    """Raised by a task to end its call with nothing stored and no callbacks
+    run (the worker acknowledges the message). ``Task.replace`` raises it
+    after sending the replacement, which inherits the task's id."""
+
+
 class MaxRetriesExceededError(TaskError):
     """The task asked to be retried more than ``max_retries`` times."""
 
@@ -143,7 +149,13 @@ class WorkerLostError(TaskError):
 
 
 class ChordError(TaskError):
-    """A header task of a chord failed, so the chord body cannot run."""
+    """A header task of a chord failed, so the chord body cannot run.
+
+    Stored as the body's FAILURE (``"Dependency <task id> raised <exc!r>"``,
+    with the header task's exception as ``__cause__``), or when the body could
+    not be sent (``"Callback error: ..."``). Written under Celery's module,
+    ``celery.exceptions``, so Celery clients raise their own class.
+    """
 
 
 class SecurityError(CeleriacError):
@@ -156,3 +168,10 @@ class TimeoutError(CeleriacError):  # noqa: A001 - Celery's name
 
 class BackendError(CeleriacError):
     """The result backend could not store or fetch a result."""
+
+
+class ChordsNotSupported(ConfigurationError):
+    """The configured result backend cannot run chords: it does not implement
+    the chord operations of :class:`celeriac.backend.ResultBackend`
+    (``supports_chords`` is false). Raised when a chord is applied, before
+    anything is sent."""

@@ -10,17 +10,22 @@ is marked failed so nobody waits for it forever, then the errbacks run.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import inspect
+import itertools
 import logging
 import os
 import traceback as tb
 import uuid
+import weakref
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from . import _state, states
-from .exceptions import Retry
+from . import _state, canvas, chords, states
+from .exceptions import Ignore, Retry
 from .serialization import exception_to_dict
 from .task import Context, Task
 from .timeutils import now, to_iso
@@ -44,25 +49,60 @@ class Outcome:
     ``acks_on_failure_or_timeout`` off, or a result that could not be stored)."""
 
 
+def is_coroutine_task(task: Task) -> bool:
+    """Whether the task's function is an ``async def``: calling it only makes
+    the coroutine, which an event loop then runs."""
+    return inspect.iscoroutinefunction(task.run)
+
+
 def _call(task: Task, ctx: Context) -> Any:
-    try:
-        retval = task.run(*ctx.args, **ctx.kwargs)
-        if inspect.isawaitable(retval):
-            retval = asyncio.run(_await(retval))
-        return retval
-    except Retry:
-        raise
-    except Exception as exc:
-        if task.autoretry_for and isinstance(exc, tuple(task.autoretry_for)) and not (
-            task.dont_autoretry_for and isinstance(exc, tuple(task.dont_autoretry_for))
-        ):
-            extra = {k: v for k, v in task.retry_kwargs.items() if k != "countdown"}
-            task.retry(exc=exc, countdown=task.backoff_countdown(ctx.retries), **extra)
-        raise
+    """Call the task's function in this thread; an awaitable it returns is run
+    to the end on a new event loop (``asyncio.run``), so that every pool can
+    run ``async def`` tasks."""
+    retval = task.run(*ctx.args, **ctx.kwargs)
+    if inspect.isawaitable(retval):
+        retval = asyncio.run(_await(retval))
+    return retval
 
 
 async def _await(awaitable: Any) -> Any:
     return await awaitable
+
+
+def _autoretry(task: Task, ctx: Context, exc: Exception) -> None:
+    """Retry through ``task.retry`` (which raises :class:`Retry`, or ``exc``
+    past ``max_retries``) when ``exc`` is one the task retries on by itself."""
+    if task.autoretry_for and isinstance(exc, tuple(task.autoretry_for)) and not (
+        task.dont_autoretry_for and isinstance(exc, tuple(task.dont_autoretry_for))
+    ):
+        extra = {k: v for k, v in task.retry_kwargs.items() if k != "countdown"}
+        task.retry(exc=exc, countdown=task.backoff_countdown(ctx.retries), **extra)
+
+
+def _formatted(exc: BaseException) -> str:
+    return "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def _off_loop(loop: asyncio.AbstractEventLoop, fn: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+    """``fn(*args)`` in the loop's default executor, in a copy of this context
+    (so ``self.request`` and ``current_request()`` work there)."""
+    return loop.run_in_executor(None, functools.partial(contextvars.copy_context().run, fn, *args))
+
+
+#: Tracers by :attr:`Tracer.key`; a forked child inherits the parent's.
+_tracers: weakref.WeakValueDictionary[str, Tracer] = weakref.WeakValueDictionary()
+_keys = itertools.count(1)
+
+
+def find_tracer(key: str) -> Tracer:
+    """The tracer whose :attr:`Tracer.key` is ``key``: one made in this process,
+    or in its parent before this process was forked."""
+    try:
+        return _tracers[key]
+    except KeyError:
+        raise LookupError(
+            f"no tracer {key!r} in process {os.getpid()}: a job runs in another process only "
+            f"if that process was forked after the tracer was made") from None
 
 
 class Tracer:
@@ -72,6 +112,10 @@ class Tracer:
         self.app = app
         self.hostname = hostname
         self.hooks = app.plugins.hooks
+        self.key = f"{os.getpid()}-{next(_keys)}"
+        """Names this tracer for :func:`find_tracer`, so that a job sent to a
+        forked child can say which tracer runs it there."""
+        _tracers[self.key] = self
 
     # -- storing -------------------------------------------------------------------
 
@@ -105,44 +149,117 @@ class Tracer:
             logger.exception("could not store %s for task %s[%s]; the message will be retried",
                              state, ctx.task, ctx.id)
             return False
+        if ctx.chord is not None and state in states.READY_STATES:
+            # Here, so that every final state of a chord's header task counts
+            # in its chord, whoever stores it (the worker stores REVOKED and
+            # time-limit FAILUREs itself).
+            return chords.on_part_return(self, ctx, state, result)
         return True
 
     # -- running -------------------------------------------------------------------
 
     def run(self, task: Task, ctx: Context) -> Outcome:
-        ignore = ctx.ignore_result if ctx.ignore_result is not None else task.option("ignore_result")
+        """Run one call in this thread, from the prerun hook to the stored
+        result. The task's errors become the outcome; only a ``BaseException``
+        that is not an ``Exception`` (``SystemExit``...) propagates."""
+        ignore = self._ignores_result(task, ctx)
         _state.push(task, ctx)
         try:
-            self.hooks.call("celeriac_task_prerun", task=task, request=ctx)
-            if task.option("track_started") and not ignore:
-                self.store(ctx, task, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname})
+            self._begin(task, ctx, ignore)
             try:
                 retval = _call(task, ctx)
-            except Retry as retry:
-                outcome = self._on_retry(task, ctx, retry)
             except Exception as exc:
-                outcome = self._on_failure(task, ctx, exc, tb.format_exc())
-            else:
-                outcome = self._on_success(task, ctx, retval, ignore)
-            self.hooks.call("celeriac_task_postrun", task=task, request=ctx,
-                            retval=outcome.retval if outcome.exception is None else outcome.exception,
-                            state=outcome.state)
-            return outcome
+                return self._conclude(task, ctx, ignore, exc=exc)
+            return self._conclude(task, ctx, ignore, retval=retval)
         finally:
             _state.pop()
 
+    async def run_async(self, task: Task, ctx: Context,
+                        guard: Callable[[Coroutine[Any, Any, Any]], Awaitable[Any]] | None = None,
+                        ) -> Outcome:
+        """:meth:`run` for a caller on a running event loop (the same outcomes).
+
+        The coroutine of an ``async def`` task is awaited here, on the loop,
+        through ``guard(coroutine)`` when one is given (the pool's way to
+        enforce time limits); a plain ``def`` task is called in the loop's
+        default executor. What may block (prerun hooks and the STARTED state,
+        storing the result, sending callbacks and chain steps, the other
+        hooks) runs in the loop's default executor with this call's context,
+        so that many calls in flight never wait for each other's I/O.
+        Cancelling the caller while the task's coroutine runs ends the call
+        with nothing stored: ``CancelledError`` propagates.
+        """
+        loop = asyncio.get_running_loop()
+        ignore = self._ignores_result(task, ctx)
+        _state.push(task, ctx)
+        try:
+            if self.hooks.implemented("celeriac_task_prerun") or self._tracks_start(task, ignore):
+                await _off_loop(loop, self._begin, task, ctx, ignore)
+            try:
+                if is_coroutine_task(task):
+                    coroutine = task.run(*ctx.args, **ctx.kwargs)
+                    retval = await (coroutine if guard is None else guard(coroutine))
+                else:
+                    retval = await _off_loop(loop, _call, task, ctx)
+            except Exception as exc:
+                return await _off_loop(loop, self._conclude, task, ctx, ignore, None, exc)
+            return await _off_loop(loop, self._conclude, task, ctx, ignore, retval)
+        finally:
+            _state.pop()
+
+    @staticmethod
+    def _ignores_result(task: Task, ctx: Context) -> bool:
+        return bool(ctx.ignore_result if ctx.ignore_result is not None
+                    else task.option("ignore_result"))
+
+    @staticmethod
+    def _tracks_start(task: Task, ignore: bool) -> bool:
+        return bool(task.option("track_started")) and not ignore
+
+    def _begin(self, task: Task, ctx: Context, ignore: bool) -> None:
+        self.hooks.call("celeriac_task_prerun", task=task, request=ctx)
+        if self._tracks_start(task, ignore):
+            self.store(ctx, task, states.STARTED, {"pid": os.getpid(), "hostname": self.hostname})
+
+    def _conclude(self, task: Task, ctx: Context, ignore: bool, retval: Any = None,
+                  exc: Exception | None = None) -> Outcome:
+        """What the call's return (or ``exc``) means: SUCCESS, RETRY or
+        FAILURE, stored, with its hooks and postrun called. The one
+        implementation behind :meth:`run` and :meth:`run_async`."""
+        outcome = self._on_success(task, ctx, retval, ignore) if exc is None \
+            else self._on_exception(task, ctx, exc)
+        self.hooks.call("celeriac_task_postrun", task=task, request=ctx,
+                        retval=outcome.retval if outcome.exception is None else outcome.exception,
+                        state=outcome.state)
+        return outcome
+
+    def _on_exception(self, task: Task, ctx: Context, exc: Exception) -> Outcome:
+        text = _formatted(exc)
+        if isinstance(exc, Retry):
+            return self._on_retry(task, ctx, exc, text)
+        if isinstance(exc, Ignore):  # e.g. Task.replace: the replacement has the id now
+            return Outcome(states.IGNORED)
+        try:
+            _autoretry(task, ctx, exc)
+        except Retry as retry:
+            return self._on_retry(task, ctx, retry, text)
+        except Exception as error:  # exc itself past max_retries, or sending the retry failed
+            if error is not exc:
+                exc, text = error, _formatted(error)
+        return self._on_failure(task, ctx, exc, text)
+
     def _on_success(self, task: Task, ctx: Context, retval: Any, ignore: bool) -> Outcome:
-        children: list[Any] = []
-        for sig in ctx.callbacks or ():
-            res = self.app.send_signature(sig.clone((retval,)), parent=ctx)
-            children.append(res.as_tuple())
+        if ctx.callbacks:
+            canvas.apply_callbacks(self.app, ctx.callbacks, retval, ctx)
         if ctx.chain:
-            rest, step = ctx.chain[:-1], ctx.chain[-1]
-            res = self.app.send_signature(step.clone((retval,)), parent=ctx, chain=rest or None)
-            children.append(res.as_tuple())
+            canvas.apply_next_step(self.app, ctx, retval)
+        # What the call sent, callbacks and the next step included (add_to_parent).
+        children = [child.as_tuple() for child in ctx.children]
         stored = True
         if not ignore:
             stored = self.store(ctx, task, states.SUCCESS, retval, None, children)
+        elif ctx.chord is not None:
+            stored = chords.on_part_return(self, ctx, states.SUCCESS, retval)
         self.hooks.call("celeriac_task_success", task=task, request=ctx, retval=retval)
         return Outcome(states.SUCCESS, retval=retval, ack=stored)
 
@@ -150,7 +267,7 @@ class Tracer:
         logger.error("task %s[%s] raised %s: %s", ctx.task, ctx.id, type(exc).__name__, exc)
         doc = exception_to_dict(exc)
         stored = self.store(ctx, task, states.FAILURE, doc, text, [])
-        for step in ctx.chain or ():
+        for step in canvas.chain_steps(self.app, ctx.chain or ()):
             step_id = step.options.get("task_id")
             if step_id:
                 self.store(Context(id=step_id, task=step.task, is_eager=ctx.is_eager), None,
@@ -174,11 +291,10 @@ class Tracer:
                 # Celery calls errbacks that take (request, exc, traceback) inline.
                 local(ctx, exc, text)
                 return
-        self.app.send_signature(sig.clone((ctx.id,)), parent=ctx)
+        self.app.send_signature(sig, args=(ctx.id,), parent=ctx)
 
-    def _on_retry(self, task: Task, ctx: Context, retry: Retry) -> Outcome:
+    def _on_retry(self, task: Task, ctx: Context, retry: Retry, text: str) -> Outcome:
         reason = retry.exc if retry.exc is not None else retry
-        text = tb.format_exc()
         stored = self.store(ctx, task, states.RETRY, exception_to_dict(reason), text)
         when = retry.when if isinstance(retry.when, str) else None
         logger.info("task %s[%s] retry %d at %s: %s", ctx.task, ctx.id, ctx.retries + 1, when, reason)

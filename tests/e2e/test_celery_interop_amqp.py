@@ -117,9 +117,8 @@ def test_priority(fleet, client_kind, worker_kind):
     H.check_priority(fleet, client_kind, worker_kind)
 
 
-def test_a_celeriac_worker_accepts_time_limits_it_cannot_enforce(fleet):
-    """The threads pool reads a Celery client's [hard, soft] limits, warns,
-    and runs the task to its end."""
+def test_a_celeriac_worker_enforces_a_celery_clients_time_limits(fleet):
+    """The threads pool enforces a Celery client's [hard, soft] limits."""
     H.check_celeriac_time_limits(fleet)
 
 

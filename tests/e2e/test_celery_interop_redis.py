@@ -107,10 +107,10 @@ def test_priority(fleet, client_kind, worker_kind):
     H.check_priority(fleet, client_kind, worker_kind)
 
 
-def test_a_celeriac_worker_accepts_time_limits_it_cannot_enforce(fleet):
-    """celeriac's threads pool cannot stop a running task: a Celery client's
-    time_limit/soft_time_limit headers are read ([hard, soft]), a warning is
-    logged, and the task runs to its end and succeeds."""
+def test_a_celeriac_worker_enforces_a_celery_clients_time_limits(fleet):
+    """celeriac's threads pool enforces the [hard, soft] limits a Celery
+    client sends: the hard one fails the task with TimeLimitExceeded, the soft
+    one raises SoftTimeLimitExceeded in it; both clients read the FAILURE."""
     H.check_celeriac_time_limits(fleet)
 
 

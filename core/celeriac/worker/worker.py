@@ -24,10 +24,13 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .. import _plugins, states
+from ..control.node import RemoteControl
+from ..control.revokes import Revoked
+from ..events.worker import WorkerEvents
 from ..exceptions import MessageError, NotRegistered, TaskRevokedError, WorkerLostError
 from ..plugin import resolve
 from ..pool import JobFailed, Pool, PoolOptions
@@ -35,7 +38,8 @@ from ..protocol import decode
 from ..serialization import exception_to_dict
 from ..task import Context
 from ..trace import Outcome, Tracer
-from . import deadletter
+from . import deadletter, liveness
+from .autoscale import Autoscaler, check_bounds, parse_autoscale
 from .ratelimit import TokenBucket, parse_rate
 from .request import Request, TaskJob
 
@@ -57,7 +61,11 @@ class Worker:
     def __init__(self, app: App, *, queues: Iterable[str] | None = None, pool: str | None = None,
                  concurrency: int | None = None, hostname: str | None = None,
                  prefetch_multiplier: int | None = None, install_signal_handlers: bool = True,
-                 ready_callback: Callable[[Worker], None] | None = None) -> None:
+                 ready_callback: Callable[[Worker], None] | None = None,
+                 autoscale: str | Sequence[int] | None = None,
+                 max_tasks_per_child: int | None = None,
+                 max_memory_per_child: int | None = None,
+                 task_events: bool | None = None) -> None:
         conf = app.conf
         self.app = app
         self.queue_names = list(queues or conf.worker_queues or [conf.task_default_queue])
@@ -71,11 +79,23 @@ class Worker:
         pool_cls: type[Pool] = resolve(record.pool_class)
         if not (concurrency or conf.worker_concurrency) and pool_cls.default_concurrency:
             self.concurrency = pool_cls.default_concurrency
+        bounds = self._autoscale_bounds(autoscale, pool_cls)
+        if bounds is not None:
+            self.concurrency = max(1, bounds[1])
         self.pool = pool_cls(self.concurrency, PoolOptions(
-            max_tasks_per_child=conf.worker_max_tasks_per_child,
-            max_memory_per_child=conf.worker_max_memory_per_child))
+            max_tasks_per_child=conf.worker_max_tasks_per_child if max_tasks_per_child is None
+            else max_tasks_per_child,
+            max_memory_per_child=conf.worker_max_memory_per_child if max_memory_per_child is None
+            else max_memory_per_child,
+            soft_time_limit=conf.task_soft_time_limit, time_limit=conf.task_time_limit,
+            settings=conf))
         self.concurrency = self.pool.concurrency
-        self.prefetch_limit = multiplier * self.concurrency if multiplier else None
+        #: Follows the demand when autoscale is on (``--autoscale``, :meth:`set_autoscale`).
+        self.autoscaler: Autoscaler | None = None
+        if bounds is not None:
+            self.autoscaler = Autoscaler(*bounds, keepalive=conf.worker_autoscale_keepalive)
+        self.prefetch_multiplier = multiplier
+        self.prefetch_limit = multiplier * self._prefetch_base() if multiplier else None
         self.transport = app.transport
         self._interrupt = self.transport.interrupt
         self.tracer = Tracer(app, self.hostname)
@@ -105,6 +125,18 @@ class Worker:
         self.connection: Any = None
         self._next_heartbeat_check = 0.0
         self._producer: Any = None
+        #: Events (``-E``); remote control switches task events with ``enable()``/``disable()``.
+        self.events = WorkerEvents(
+            self, enabled=conf.worker_send_task_events if task_events is None else task_events,
+            heartbeat_interval=conf.worker_heartbeat_interval)
+        #: ``time.monotonic()`` when the loop last turned, and whether it is
+        #: connecting: what the liveness probe reads.
+        self.loop_turned_at = time.monotonic()
+        self.connecting = False
+        self.liveness: liveness.LivenessMonitor | None = None
+        #: Revoked task ids, kept up to date by remote control and the result backend.
+        self.revoked = Revoked(conf.worker_revoke_expires)
+        self.remote_control = RemoteControl(self)
 
     # -- control -------------------------------------------------------------------
 
@@ -148,7 +180,9 @@ class Worker:
                 previous[sig] = signal.signal(sig, self._on_signal)
         self.pool.start()
         try:
+            self.liveness = liveness.start_monitor(self)
             self._connect()
+            self.remote_control.start()
             logger.info("%s", self.banner())
             self.ready.set()
             self.hooks.call("celeriac_worker_ready", worker=self)
@@ -165,6 +199,7 @@ class Worker:
     def _connect(self) -> None:
         import kombu
 
+        self.connecting = True
         self.connection = self.app.connection(heartbeat=self.app.conf.broker_heartbeat)
         self.connection.ensure_connection(max_retries=self.app.conf.broker_connection_max_retries)
         self._next_heartbeat_check = 0.0
@@ -177,22 +212,29 @@ class Worker:
         self._producer = self.connection.Producer()
         self._dead_letter_queue = self.app.queue(self.app.conf.worker_dead_letter_queue)
         self._dead_letter_queue(self._producer.channel).declare()
+        self.events.connect(self.connection)
+        self.connecting = False
 
     def banner(self) -> str:
         import celeriac
 
         target = self.app.broker_target
-        tasks = "\n".join(f"  . {name}" for name in sorted(self.app.tasks)) or "  (none)"
+        # The built-in canvas tasks (celery.map, celery.chunks...) are not the user's.
+        tasks = "\n".join(f"  . {name}" for name in sorted(self.app.tasks)
+                          if not name.startswith("celery.")) or "  (none)"
         limits = f"\n  note: {self.pool.limitation}" if self.pool.limitation else ""
+        scaling = (f", autoscale {self.autoscaler.max_concurrency},{self.autoscaler.min_concurrency}"
+                   if self.autoscaler else "")
         return (
             f"\n celeriac {celeriac.__version__}  {self.hostname}  pid {os.getpid()}\n"
             f"  app:         {self.app.name}\n"
             f"  broker:      {self.transport.name} ({target.display or target.url})\n"
             f"  results:     {self.app.backend.describe()}\n"
-            f"  pool:        {self.pool_name} (concurrency {self.concurrency}){limits}\n"
+            f"  pool:        {self.pool_name} (concurrency {self.concurrency}{scaling}){limits}\n"
             f"  prefetch:    {self.prefetch_limit or 'unlimited'}\n"
             f"  queues:      {', '.join(self.queue_names)}\n"
             f"  dead letters: {self.app.conf.worker_dead_letter_queue}\n"
+            f"  remote control: {self.remote_control.describe()}\n"
             f"  tasks:\n{tasks}\n"
         )
 
@@ -202,12 +244,15 @@ class Worker:
         errors = tuple(self.connection.connection_errors)
         limit_held = self.app.conf.worker_eta_holding_limit
         while not self._stop.is_set():
+            self.loop_turned_at = time.monotonic()
             self._check_heartbeat()
             self._drain_completions()
             self._run_calls()
+            self._autoscale()
             self._release_due()
             self._release_throttled()
             self._dispatch()
+            self.events.tick()
             if self._stop.is_set():
                 break
             outstanding = len(self.reserved) + len(self.active) + \
@@ -308,7 +353,13 @@ class Worker:
         if request.is_expired():
             self._revoke(request, "expired")
             return
+        if request.id in self.revoked:
+            self._revoke(request, "revoked")
+            return
         self.hooks.call("celeriac_message_received", worker=self, request=request)
+        if self.autoscaler is not None:
+            self.autoscaler.task_received()
+        self.events.task_received(request)
         if request.eta is not None and request.eta > time.time():
             heapq.heappush(self.held, (request.eta, next(self._seq), request))
             return
@@ -331,6 +382,7 @@ class Worker:
             self.tracer.store(Context(id=task_id, task=headers.get("task")), None, states.FAILURE,
                               exception_to_dict(fail), None, [])
         message.ack()
+        self.events.task_dead_lettered(task_id, fail)
         self.hooks.call("celeriac_message_rejected", worker=self, message=message, reason=reason,
                         detail=detail)
 
@@ -339,6 +391,7 @@ class Worker:
         self.tracer.store(request.context, request.task, states.REVOKED,
                           exception_to_dict(TaskRevokedError(why)), None, [])
         request.ack()
+        self.events.task_revoked(request, expired=why == "expired")
 
     def _release_due(self) -> None:
         moment = time.time()
@@ -364,6 +417,7 @@ class Worker:
             self._check_limits(request, hard, soft)
             request.time_start = time.time()
             self.active[id(request)] = request
+            self.events.task_started(request)
             job = TaskJob(request, self.tracer, time_limit=hard, soft_time_limit=soft)
             self.pool.submit(job, functools.partial(self._on_done, request))
             if self.pool.inline:
@@ -472,6 +526,7 @@ class Worker:
 
     def _settle(self, request: Request, outcome: Any) -> None:
         if isinstance(outcome, Outcome):
+            self.events.task_finished(request, outcome)
             if outcome.ack:
                 request.ack()
             else:
@@ -481,17 +536,159 @@ class Worker:
         if failed.reason == "worker-lost" and request.task.option("reject_on_worker_lost"):
             logger.error("the process running %s[%s] died; the task goes back to the queue",
                          request.name, request.id)
+            self.events.task_requeued(request)
             request.requeue()
             return
-        exc = failed.exception or WorkerLostError(f"task ended without a result: {failed.reason}")
-        self.tracer.store(request.context, request.task, states.FAILURE, exception_to_dict(exc),
-                          None, [])
+        revoked = failed.reason == "terminated"  # by a revoke with terminate=True
+        exc = failed.exception or (TaskRevokedError("terminated") if revoked else
+                                   WorkerLostError(f"task ended without a result: {failed.reason}"))
+        self.events.task_lost(request, failed, exc)
+        self.tracer.store(request.context, request.task, states.REVOKED if revoked
+                          else states.FAILURE, exception_to_dict(exc), None, [])
         request.ack()
+
+    # -- pool size -----------------------------------------------------------------
+
+    def _autoscale_bounds(self, autoscale: str | Sequence[int] | None,
+                          pool_cls: type[Pool]) -> tuple[int, int] | None:
+        from ..exceptions import ConfigurationError
+
+        source = "--autoscale" if autoscale is not None else "worker_autoscale"
+        try:
+            bounds = parse_autoscale(autoscale if autoscale is not None
+                                     else self.app.conf.worker_autoscale)
+        except ValueError as exc:
+            raise ConfigurationError(f"{source}: {exc}") from None
+        if bounds is not None and not pool_cls.resizable:
+            raise ConfigurationError(
+                f"{source} needs a pool that can be resized, and the {self.pool_name} pool "
+                f"cannot; use one that can (e.g. -P prefork) or drop {source}")
+        return bounds
+
+    def _prefetch_base(self) -> int:
+        # With autoscale the window is sized for the largest pool, else the
+        # pool could never see enough waiting work to grow (Celery does the same).
+        return self.autoscaler.max_concurrency if self.autoscaler else self.concurrency
+
+    def _demand(self) -> int:
+        return len(self.active) + len(self.reserved)
+
+    def _autoscale(self) -> None:
+        if self.autoscaler is not None:
+            change = self.autoscaler.decide(self._demand(), self.pool.concurrency)
+            if change:
+                self._resize(change)
+
+    def _resize(self, change: int) -> None:
+        """Grow (``change`` > 0) or shrink the pool; keep the dispatch gate and
+        the prefetch window in step (loop thread)."""
+        before = self.pool.concurrency
+        try:
+            if change > 0:
+                self.pool.grow(change)
+            elif change < 0:
+                self.pool.shrink(-change)
+        except Exception:
+            logger.exception("could not resize the %s pool by %+d", self.pool_name, change)
+        self.concurrency = self.pool.concurrency
+        if self.concurrency != before:
+            logger.info("pool %s from %d to %d", "grown" if self.concurrency > before
+                        else "shrunk", before, self.concurrency)
+        self._update_prefetch()
+
+    def _update_prefetch(self) -> None:
+        if not self.prefetch_multiplier:
+            return
+        limit = self.prefetch_multiplier * self._prefetch_base()
+        if limit == self.prefetch_limit:
+            return
+        self.prefetch_limit = limit
+        if self.connection is not None:
+            try:
+                self.consumer.qos(prefetch_count=limit)
+            except Exception:
+                logger.exception("could not change the prefetch count to %d", limit)
+
+    def _check_resizable(self) -> None:
+        if not self.pool.resizable:
+            raise NotImplementedError(f"the {self.pool_name} pool cannot be resized")
+
+    @staticmethod
+    def _count(n: Any, what: str) -> int:
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"{what} takes a whole number of at least 1, got {n!r}")
+        return n
+
+    def grow_pool(self, n: int) -> None:
+        """Add ``n`` to the pool's concurrency (remote control ``pool_grow``).
+
+        Safe from any thread: checked here (``NotImplementedError`` when the
+        pool cannot be resized, ``ValueError`` for a bad ``n``), done by the
+        loop thread. With autoscale on, its maximum rises with the pool when
+        needed, as in Celery.
+        """
+        self._check_resizable()
+        n = self._count(n, "grow_pool")
+        self.call_soon(lambda: self._grow(n))
+
+    def _grow(self, n: int) -> None:
+        if self.autoscaler is not None:
+            self.autoscaler.update(max(self.autoscaler.max_concurrency, self.pool.concurrency + n),
+                                   self.autoscaler.min_concurrency)
+        self._resize(n)
+
+    def shrink_pool(self, n: int) -> None:
+        """Take ``n`` from the pool's concurrency, never below 1 (remote
+        control ``pool_shrink``); running tasks finish first.
+
+        Checked and done as :meth:`grow_pool`. With autoscale on, its minimum
+        falls with the pool when needed.
+        """
+        self._check_resizable()
+        n = self._count(n, "shrink_pool")
+        self.call_soon(lambda: self._shrink(n))
+
+    def _shrink(self, n: int) -> None:
+        n = min(n, self.pool.concurrency - 1)
+        if n <= 0:
+            logger.info("the pool is at its smallest (1); not shrunk")
+            return
+        if self.autoscaler is not None:
+            self.autoscaler.update(self.autoscaler.max_concurrency,
+                                   min(self.autoscaler.min_concurrency, self.pool.concurrency - n))
+        self._resize(-n)
+
+    def set_autoscale(self, max: int, min: int) -> None:  # noqa: A002 - Celery's names
+        """Turn autoscale on with these bounds, or change them (remote control
+        ``autoscale``); the pool is brought within them at once.
+
+        Checked here (``NotImplementedError`` when the pool cannot be resized,
+        ``ValueError`` for bad bounds), done by the loop thread.
+        """
+        self._check_resizable()
+        bounds = check_bounds(max, min)
+        self.call_soon(lambda: self._set_autoscale(*bounds))
+
+    def _set_autoscale(self, high: int, low: int) -> None:
+        if self.autoscaler is None:
+            self.autoscaler = Autoscaler(high, low,
+                                         keepalive=self.app.conf.worker_autoscale_keepalive)
+        else:
+            self.autoscaler.update(high, low)
+        logger.info("autoscale: at most %d, at least %d", high, low)
+        current = self.pool.concurrency
+        if current > high:
+            self._resize(high - current)
+        elif current < max(low, 1):
+            self._resize(max(low, 1) - current)
+        else:
+            self._update_prefetch()
 
     # -- shutdown ------------------------------------------------------------------
 
     def _shutdown(self) -> None:
         conf = self.app.conf
+        self._safe(self.remote_control.stop)
         if self.connection is not None:
             try:
                 self.consumer.cancel()
@@ -518,11 +715,14 @@ class Worker:
             logger.warning("task %s[%s] did not finish before shutdown; it goes back to the queue",
                            request.name, request.id)
             self._safe(request.requeue)
+        self._safe(self.events.stop)
         self.hooks.call("celeriac_worker_stop", worker=self)
         if self.connection is not None:
             self._safe(self.connection.release)
         self.app.close()
         logger.info("worker %s stopped", self.hostname)
+        if self.liveness is not None:
+            self._safe(self.liveness.stop)
 
     @staticmethod
     def _safe(fn: Callable[[], Any]) -> None:

@@ -254,3 +254,94 @@ local nxt = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if nxt[2] then return nxt[2] end
 return '-1'
 """
+
+
+# -- chords (the result backend) ---------------------------------------------------
+# Celery 5.7's chord keys and steps (PROTOCOL.md C.4), so that Celery and
+# celeriac workers can share one chord: ``.j`` the recorded parts (a sorted
+# set scored by group_index, or a list when ``result_chord_ordered`` is off),
+# ``.d`` the "<task_id>:<group_index>" of each recorded part, ``.s`` the size
+# the client set, ``.t`` parts added while running (Task.replace), ``.c`` the
+# dispatch claim (a token with a TTL), then "done". Keys come with the
+# global key prefix applied.
+
+# KEYS: .j .t .s .d .c and the group's own key (a GroupResult Celery saved).
+# ARGV: task id, encoded part, ordered ('1'/'0'), group_index ('+inf' when
+# none), expiry in ms (0: none), claim TTL in ms, claim token.
+# Returns {recorded, added while running, size (-1: not set), added (0/1),
+# claimed (0/1)}; {-1, 0, -1, 0, 0} when the chord is finished.
+CHORD_RECORD = """
+local jkey, tkey, skey, dkey, ckey, gkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local ordered, score, expires = ARGV[3], ARGV[4], tonumber(ARGV[5])
+if redis.call('GET', ckey) == 'done' then
+  return {-1, 0, -1, 0, 0}
+end
+local added = 0
+if redis.call('SADD', dkey, ARGV[1] .. ':' .. score) == 1 then
+  added = 1
+  if ordered == '1' then
+    redis.call('ZADD', jkey, score, ARGV[2])
+  else
+    redis.call('RPUSH', jkey, ARGV[2])
+  end
+end
+local count
+if ordered == '1' then
+  count = redis.call('ZCARD', jkey)
+else
+  count = redis.call('LLEN', jkey)
+end
+if expires > 0 then
+  for _, key in ipairs({jkey, tkey, skey, dkey, gkey}) do
+    redis.call('PEXPIRE', key, expires)
+  end
+end
+local diff = tonumber(redis.call('GET', tkey) or '0') or 0
+local size = tonumber(redis.call('GET', skey) or '-1') or -1
+local claimed = 0
+if size >= 0 and count == size + diff then
+  if redis.call('SET', ckey, ARGV[7], 'NX', 'PX', ARGV[6]) then
+    claimed = 1
+  end
+end
+return {count, diff, size, added, claimed}
+"""
+
+# KEYS: .c .s .j .t. ARGV: token, claim TTL in ms, ordered ('1'/'0').
+# Returns 1 (the token holds the claim now), 0 (another token holds a live
+# claim) or 2 (nothing to send: finished, no size, or parts missing).
+CHORD_CLAIM = """
+local ckey, skey, jkey, tkey = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local current = redis.call('GET', ckey)
+if current == ARGV[1] then
+  redis.call('PEXPIRE', ckey, ARGV[2])
+  return 1
+end
+if current == 'done' then return 2 end
+if current then return 0 end
+local size = tonumber(redis.call('GET', skey) or '')
+if not size then return 2 end
+local count
+if ARGV[3] == '1' then
+  count = redis.call('ZCARD', jkey)
+else
+  count = redis.call('LLEN', jkey)
+end
+if count ~= size + (tonumber(redis.call('GET', tkey) or '0') or 0) then return 2 end
+redis.call('SET', ckey, ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: .c .j .t .s .d. ARGV: token, TTL of the "done" mark in ms (0: none).
+# Drops the chord's records and marks it done, if the token still holds the
+# claim (1); else changes nothing (0).
+CHORD_FINISH = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4], KEYS[5])
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], 'done', 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], 'done')
+end
+return 1
+"""

@@ -9,18 +9,26 @@ our ``wait`` subscribes to the channel instead of polling.
 Celery's rule that a SUCCESS is never overwritten is kept atomically: for
 JSON documents a Lua script reads, checks and writes in one step; for other
 serializers a WATCH/MULTI transaction does the same.
+
+Revokes (``revoke``/``revoked``) are members of the sorted set
+``celeriac-revoked``, scored by their expiry; Celery has no such key.
+
+Saved group results are Celery's ``celery-taskset-meta-<id>`` documents; the
+steps of compact chains are hashes ``celeriac-chain-<id>`` (index -> step).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import redis
-from celeriac.backend import Codec, ResultBackend
+from celeriac.backend import ChordClaim, ChordPart, ChordProgress, Codec, ResultBackend
 from celeriac.exceptions import BackendError
 from celeriac.states import READY_STATES, SUCCESS
+
+from . import _scripts
 
 if TYPE_CHECKING:
     from celeriac.config import Settings
@@ -28,7 +36,35 @@ if TYPE_CHECKING:
 KEY_PREFIX = "celery-task-meta-"
 """Celery's key (and channel) prefix for task results."""
 
+GROUP_KEY_PREFIX = "celery-taskset-meta-"
+"""Celery's key prefix for groups and chords (PROTOCOL.md C.2, C.4)."""
+
+CHAIN_KEY_PREFIX = "celeriac-chain-"
+"""Hashes of the steps of compact chains (``canvas_compact_chains``); Celery has none."""
+CHAIN_CHUNK = 1000
+
 MGET_CHUNK = 500
+
+REVOKED_KEY = "celeriac-revoked"
+"""Sorted set of revoked task ids scored by their expiry (Unix time), shared
+by every app on the database (task ids are unique, and a producer and its
+workers may name their apps differently)."""
+
+# KEYS[1]: the revoked set. ARGV[1]: now. ARGV[2]: expiry. ARGV[3..]: task ids.
+# Keeps the later expiry of an id revoked again, and prunes expired ids.
+_REVOKE = """
+for i = 3, #ARGV do
+  redis.call('ZADD', KEYS[1], 'GT', ARGV[2], ARGV[i])
+  redis.call('ZADD', KEYS[1], 'NX', ARGV[2], ARGV[i])
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+return 0
+"""
+REVOKE_CHUNK = 1000
+
+#: Clients inherited through a fork: kept referenced, never closed in the child
+#: (closing takes the pool's lock, which a thread of the parent may have held).
+_INHERITED: list[redis.Redis] = []
 
 # KEYS[1]: the key. ARGV[1]: the document. ARGV[2]: TTL in ms (0: none).
 # SET ... GET writes and reads the previous value in one command; in the rare
@@ -94,20 +130,30 @@ def _client(url: str, options: Mapping[str, Any]) -> redis.Redis:
 class RedisBackend(ResultBackend):
     """Results in Redis under Celery's keys. ``url`` is ``redis://[:password@]host[:port][/db]``,
     ``rediss://`` for TLS, or ``sentinel://host:26379[/db][;sentinel://host2:26379]``
-    through Redis Sentinel (``master_name`` in ``result_backend_transport_options``)."""
+    through Redis Sentinel. Of ``result_backend_transport_options`` it reads
+    Celery's ``global_keyprefix``, ``result_chord_ordered``, and for Sentinel
+    ``master_name`` (required), ``sentinel_kwargs`` and ``min_other_sentinels``."""
 
     name = "redis"
 
     def __init__(self, url: str, *, codec: Codec, settings: Settings, app_name: str) -> None:
         super().__init__(url, codec=codec, settings=settings, app_name=app_name)
-        self._options = dict(settings.result_backend_transport_options or {})
+        options = settings.result_backend_transport_options or {}
+        self._options = dict(options)
         self.client = _client(url, self._options)
         self._json = codec.content_type == "application/json"
         self._store_script = self.client.register_script(_STORE)
+        prefix = str(options.get("global_keyprefix") or "")
+        if prefix and prefix[-1] not in ":_-.":
+            prefix += "_"  # Celery's rule
+        self.task_keyprefix = prefix + KEY_PREFIX
+        self.group_keyprefix = prefix + GROUP_KEY_PREFIX
+        self.chord_ordered = bool(options.get("result_chord_ordered", True))
+        self._chord_scripts: dict[str, Any] = {}
 
-    @staticmethod
-    def key(task_id: str) -> str:
-        return KEY_PREFIX + task_id
+    def key(self, task_id: str) -> str:
+        """The key (and channel) of the result of ``task_id``."""
+        return self.task_keyprefix + task_id
 
     # -- the contract ------------------------------------------------------------------
 
@@ -173,9 +219,16 @@ class RedisBackend(ResultBackend):
 
     def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any] | None:
         """Subscribe to the task's channel, then read the key once: a result
-        stored in between is either read or published to us, never missed."""
+        stored in between is either read or published to us, never missed.
+
+        A result already there is read first, without subscribing: a
+        subscription costs a connection of its own (redis-py closes it with
+        the pubsub), which would dominate reading many finished results."""
         deadline = None if timeout is None else time.monotonic() + timeout
         key = self.key(task_id)
+        doc = self.get(task_id)
+        if doc is not None and doc.get("status") in READY_STATES:
+            return doc
         try:
             pubsub = self.client.pubsub(ignore_subscribe_messages=True)
         except redis.RedisError:
@@ -198,8 +251,208 @@ class RedisBackend(ResultBackend):
         finally:
             pubsub.close()
 
+    # -- revokes ----------------------------------------------------------------------
+
+    stores_revokes = True
+
+    def revoke(self, task_ids: Iterable[str], *, expires: float) -> None:
+        """Add ``task_ids`` to :data:`REVOKED_KEY` until ``expires`` seconds from now."""
+        ids = list(dict.fromkeys(task_ids))
+        now = time.time()
+        script = self.client.register_script(_REVOKE)
+        try:
+            for start in range(0, len(ids), REVOKE_CHUNK):
+                script(keys=[REVOKED_KEY],
+                       args=[now, now + expires, *ids[start:start + REVOKE_CHUNK]])
+        except redis.RedisError as exc:
+            raise BackendError(f"cannot store revokes in {self.describe()}: {exc}") from exc
+
+    def revoked(self) -> dict[str, float]:
+        """The revoked ids whose expiry has not passed, with their expiry."""
+        try:
+            found = self.client.zrangebyscore(REVOKED_KEY, f"({time.time()}", "+inf",
+                                              withscores=True)
+        except redis.RedisError as exc:
+            raise BackendError(f"cannot read revokes from {self.describe()}: {exc}") from exc
+        return {member.decode() if isinstance(member, bytes) else member: float(score)
+                for member, score in found}
+
     def describe(self) -> str:
         return _redacted(self.url)
 
     def close(self) -> None:
         self.client.connection_pool.disconnect()
+
+    def after_fork(self) -> None:
+        """In a forked child: a client of the child's own (connecting on first
+        use); the parent's sockets are left alone, so its session goes on."""
+        _INHERITED.append(self.client)
+        self.client = _client(self.url, self._options)
+        self._store_script = self.client.register_script(_STORE)
+
+    # -- chords: Celery 5.7's keys and steps (PROTOCOL.md C.4) ---------------------------
+
+    supports_chords = True
+
+    def _chord_keys(self, group_id: str) -> dict[str, str]:
+        base = self.group_keyprefix + group_id
+        return {suffix: base + suffix for suffix in (".j", ".t", ".s", ".d", ".c", "")}
+
+    def _chord_script(self, source: str, keys: list[str], args: list[Any], what: str) -> Any:
+        # Run on the current client (after a fork, the child's own); redis-py
+        # calls it by SHA and loads it into the server when missing.
+        script = self._chord_scripts.get(source)
+        if script is None:
+            script = self._chord_scripts[source] = self.client.register_script(source)
+        try:
+            return script(keys=keys, args=args, client=self.client)
+        except redis.RedisError as exc:
+            raise BackendError(f"cannot {what} in {self.describe()}: {exc}") from exc
+
+    def _encode_part(self, part: ChordPart) -> bytes:
+        if self._json:
+            # Celery's member, byte for byte: [1, task_id, state, result].
+            from kombu.utils.json import dumps
+
+            return dumps([1, part.task_id, part.state, part.result]).encode("utf-8")
+        # The codec encodes documents, not lists: with another result
+        # serializer the part is a small document (Celery workers would write
+        # the list; both are read below).
+        return self.codec.encode({"task_id": part.task_id, "status": part.state,
+                                  "result": part.result})
+
+    def _decode_part(self, data: Any, score: Any) -> ChordPart:
+        index = None if score is None or float(score) == float("inf") else int(score)
+        if self._json:
+            from kombu.utils.json import loads
+
+            decoded: Any = loads(data)
+        else:
+            decoded = self.codec.decode(data)
+        if isinstance(decoded, Mapping):
+            return ChordPart(decoded["task_id"], index, decoded["status"], decoded["result"])
+        _, task_id, state, result = decoded
+        return ChordPart(task_id, index, state, result)
+
+    def set_chord_size(self, group_id: str, size: int, *, expires: float | None) -> None:
+        """``SET .s <size>`` with the chord's expiry, after dropping ``.c`` (a
+        claim or "done" mark of an earlier run of this group id), as Celery 5.7 does."""
+        keys = self._chord_keys(group_id)
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.delete(keys[".c"])
+                pipe.set(keys[".s"], int(size), px=_ms(expires) or None)
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise BackendError(f"cannot set the size of chord {group_id} in "
+                               f"{self.describe()}: {exc}") from exc
+
+    def record_chord_part(self, group_id: str, part: ChordPart, *, token: str,
+                          claim_timeout: float, expires: float | None) -> ChordProgress:
+        """One script: the ``.c == "done"`` check, ``.d`` dedupe, ``ZADD .j``,
+        the count, expiry refresh and the ``SET .c NX`` claim."""
+        keys = self._chord_keys(group_id)
+        score = "+inf" if part.group_index is None else str(int(part.group_index))
+        recorded, diff, size, added, claimed = self._chord_script(
+            _scripts.CHORD_RECORD,
+            [keys[".j"], keys[".t"], keys[".s"], keys[".d"], keys[".c"], keys[""]],
+            [part.task_id, self._encode_part(part), "1" if self.chord_ordered else "0", score,
+             _ms(expires), _ms(claim_timeout) or 1, token],
+            f"record a part of chord {group_id}")
+        if recorded < 0:
+            return ChordProgress(recorded=0, expected=None, added=False, claimed=False,
+                                 closed=True)
+        return ChordProgress(recorded=int(recorded),
+                             expected=None if size < 0 else int(size) + int(diff),
+                             added=bool(added), claimed=bool(claimed))
+
+    def claim_chord(self, group_id: str, token: str, *, timeout: float) -> ChordClaim:
+        keys = self._chord_keys(group_id)
+        outcome = self._chord_script(
+            _scripts.CHORD_CLAIM, [keys[".c"], keys[".s"], keys[".j"], keys[".t"]],
+            [token, _ms(timeout) or 1, "1" if self.chord_ordered else "0"],
+            f"claim chord {group_id}")
+        return {1: ChordClaim.OWNED, 0: ChordClaim.HELD}.get(int(outcome), ChordClaim.CLOSED)
+
+    def chord_parts(self, group_id: str) -> list[ChordPart]:
+        """``ZRANGE .j`` (group_index order), or ``LRANGE`` when
+        ``result_chord_ordered`` is off (the order parts were recorded in)."""
+        key = self._chord_keys(group_id)[".j"]
+        try:
+            if self.chord_ordered:
+                members = self.client.zrange(key, 0, -1, withscores=True)
+                return [self._decode_part(data, score) for data, score in members]
+            return [self._decode_part(data, None) for data in self.client.lrange(key, 0, -1)]
+        except redis.RedisError as exc:
+            raise BackendError(f"cannot read the parts of chord {group_id} from "
+                               f"{self.describe()}: {exc}") from exc
+
+    def finish_chord(self, group_id: str, token: str, *, expires: float | None) -> bool:
+        """Celery's cleanup: ``DEL .j .t .s .d`` and ``.c = "done"``, if the
+        claim is still ours."""
+        keys = self._chord_keys(group_id)
+        return bool(self._chord_script(
+            _scripts.CHORD_FINISH, [keys[".c"], keys[".j"], keys[".t"], keys[".s"], keys[".d"]],
+            [token, _ms(expires)], f"finish chord {group_id}"))
+
+    # -- canvas: saved group results (Celery's key) and compact chains -------------------
+
+    def save_group(self, group_id: str, document: Mapping[str, Any], *,
+                   expires: float | None) -> None:
+        """``SET celery-taskset-meta-<id>`` with the TTL, not published: Celery's
+        ``GroupResult.save()``, so either kind of client restores it."""
+        try:
+            self.client.set(self.group_keyprefix + group_id, self.codec.encode(document),
+                            px=_ms(expires) or None)
+        except redis.RedisError as exc:
+            raise BackendError(f"cannot save group {group_id} in {self.describe()}: "
+                               f"{exc}") from exc
+
+    def restore_group(self, group_id: str) -> dict[str, Any] | None:
+        try:
+            return self._decode(self.client.get(self.group_keyprefix + group_id))
+        except redis.RedisError as exc:
+            raise BackendError(f"cannot restore group {group_id} from {self.describe()}: "
+                               f"{exc}") from exc
+
+    def delete_group(self, group_id: str) -> None:
+        self.client.delete(self.group_keyprefix + group_id)
+
+    def _chain_key(self, chain_id: str) -> str:
+        prefix = self.group_keyprefix[:-len(GROUP_KEY_PREFIX)]
+        return prefix + CHAIN_KEY_PREFIX + chain_id
+
+    def save_chain(self, chain_id: str, steps: Sequence[Mapping[str, Any]], *,
+                   expires: float | None) -> None:
+        """A hash ``celeriac-chain-<id>``, step index -> step, written in one
+        transaction with its TTL."""
+        key = self._chain_key(chain_id)
+        try:
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
+                for start in range(0, len(steps), CHAIN_CHUNK):
+                    pipe.hset(key, mapping={
+                        str(start + n): self.codec.encode(step)
+                        for n, step in enumerate(steps[start:start + CHAIN_CHUNK])})
+                if expires:
+                    pipe.pexpire(key, _ms(expires))
+                pipe.execute()
+        except redis.RedisError as exc:
+            raise BackendError(f"cannot save chain {chain_id} in {self.describe()}: "
+                               f"{exc}") from exc
+
+    def chain_step(self, chain_id: str, index: int) -> dict[str, Any] | None:
+        """One ``HGET``."""
+        try:
+            return self._decode(self.client.hget(self._chain_key(chain_id), str(index)))
+        except redis.RedisError as exc:
+            raise BackendError(f"cannot read step {index} of chain {chain_id} from "
+                               f"{self.describe()}: {exc}") from exc
+
+    def forget_chain(self, chain_id: str) -> None:
+        self.client.delete(self._chain_key(chain_id))
+
+
+def _ms(seconds: float | None) -> int:
+    """Seconds as whole milliseconds for PX/PEXPIRE (0: no expiry)."""
+    return max(1, int(seconds * 1000)) if seconds else 0

@@ -155,7 +155,7 @@ class SharedConnection:
 
     def __enter__(self) -> sqlite3.Connection:
         if self._pid != os.getpid():
-            self._forget_parent()
+            self.after_fork()
         self._lock.acquire()
         conn = self._conn
         if conn is None:
@@ -179,8 +179,9 @@ class SharedConnection:
                 raise
         return conn
 
-    def _forget_parent(self) -> None:
-        """In a forked child: drop the parent's connection and lock."""
+    def after_fork(self) -> None:
+        """In a forked child: drop the parent's connection (kept open, never
+        closed here) and lock; the next use opens the child's own."""
         if self._conn is not None:
             _INHERITED.append(self._conn)
         self._conn = None
@@ -190,7 +191,7 @@ class SharedConnection:
     def close(self) -> None:
         """Close the connection; the next use opens a new one."""
         if self._pid != os.getpid():
-            self._forget_parent()
+            self.after_fork()
             return
         with self._lock:
             conn, self._conn = self._conn, None
@@ -198,10 +199,40 @@ class SharedConnection:
                 conn.close()
 
 
-def _after_fork_in_child() -> None:
+#: How long a fork waits for statements running in other threads to end.
+FORK_PATIENCE = 2.0
+
+_HELD_AT_FORK: list[threading.RLock] = []
+
+
+def _before_fork() -> None:
+    """Keep other threads out of SQLite while the process is copied.
+
+    SQLite keeps its per-process lock state in memory: a fork in the middle
+    of another thread's write would copy "this process holds the write lock"
+    into the child, whose own connections would then wait for a lock nobody
+    there can release. Each connection's lock is taken (waiting at most
+    :data:`FORK_PATIENCE` in all, so a fork never hangs) and given back after.
+    """
+    deadline = time.monotonic() + FORK_PATIENCE
+    pid = os.getpid()
     for shared in list(_INSTANCES):
-        shared._forget_parent()
+        if shared._pid == pid and shared._lock.acquire(
+                timeout=max(0.0, deadline - time.monotonic())):
+            _HELD_AT_FORK.append(shared._lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _HELD_AT_FORK:
+        _HELD_AT_FORK.pop().release()
+
+
+def _after_fork_in_child() -> None:
+    _HELD_AT_FORK.clear()
+    for shared in list(_INSTANCES):
+        shared.after_fork()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)

@@ -9,7 +9,9 @@ collected. What a subclass provides:
   (``wait_timeout``, ``empty_wait``, ``kill_timeout``, ``lease_watch``,
   ``eta_tolerance``).
 * :class:`BackendContract`: ``backend_name`` and a ``backend_url`` fixture;
-  optionally ``lacks``, ``wait_timeout``, ``short_expiry``, ``make_backend()``.
+  optionally ``lacks``, ``wait_timeout``, ``short_expiry``, ``short_claim``,
+  ``make_backend()``. The chord tests run when the backend sets
+  ``supports_chords``; otherwise one test checks it refuses chords clearly.
 * :class:`PoolContract`: ``pool_name``; optionally ``concurrency``, ``lacks``,
   ``wait_timeout``, ``quiet_wait``, ``make_pool()``.
 * :class:`SerializerContract`: ``serializer_name``; optionally ``values``.
