@@ -183,6 +183,17 @@ def test_an_expired_header_task_fails_the_chord(chord_app):
     assert chord_app.bodies == []
 
 
+def test_a_header_task_the_worker_does_not_know_fails_the_chord(chord_app):
+    """It is dead-lettered, and the chord fails instead of waiting for it."""
+    app = chord_app.app
+    with start_worker(app, concurrency=1, pool="solo"):
+        sent = send_chord(app, [("t.add", (1, 1), {}), ("t.missing", (2,), {})])
+        with pytest.raises(ChordError, match=rf"Dependency {sent.ids[1]} raised "
+                                             r"NotRegistered\('t.missing'\)"):
+            app.AsyncResult(sent.body_id).get(timeout=TIMEOUT)
+    assert chord_app.bodies == []
+
+
 def test_a_body_that_cannot_be_sent_is_a_chord_error(chord_app, monkeypatch):
     app = chord_app.app
     send = app.send_signature

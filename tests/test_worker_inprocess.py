@@ -412,3 +412,40 @@ def test_a_failing_chain_step_fails_the_rest_and_runs_its_errback(make_app, wait
         assert isinstance(after.get(timeout=30, propagate=False), ValueError)
         wait_until(lambda: seen, "the errback to run")
     assert seen == [first.id]
+
+
+def test_a_hard_time_limit_fails_the_task_like_an_error(make_app, wait_until):
+    """The pool ends the job (no outcome from the task): errbacks still run and
+    the rest of the chain is marked failed, as for an exception."""
+    from celeriac.exceptions import TimeLimitExceeded
+    from celeriac.protocol import Signature
+
+    app = make_app()
+    seen = []
+    release = threading.Event()
+
+    @app.task(time_limit=0.5)
+    def stuck():
+        # The threads pool raises its hard limit here, between bytecodes.
+        while not release.is_set():
+            time.sleep(0.01)
+
+    @app.task
+    def never(x):
+        return x
+
+    @app.task
+    def on_error(task_id):
+        seen.append(task_id)
+
+    rest = (Signature(never.name, options={"task_id": "after-limit"}),)
+    first = app.send_task(stuck.name, chain=rest, link_error=on_error.s())
+    try:
+        with start_worker(app, pool="threads"):
+            assert isinstance(first.get(timeout=30, propagate=False), TimeLimitExceeded)
+            after = app.AsyncResult("after-limit")
+            assert isinstance(after.get(timeout=30, propagate=False), TimeLimitExceeded)
+            wait_until(lambda: seen, "the errback to run")
+    finally:
+        release.set()
+    assert seen == [first.id]

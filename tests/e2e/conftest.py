@@ -17,6 +17,37 @@ from pathlib import Path
 
 import pytest
 
+
+def interop_harness():
+    """``interop_harness``, imported so that pytest rewrites its asserts
+    (``tests/e2e`` is not a package, nor on ``sys.path``)."""
+    if "interop_harness" not in sys.modules:
+        import importlib
+
+        pytest.register_assert_rewrite("interop_harness")
+        here = str(Path(__file__).parent)
+        sys.path.insert(0, here)
+        try:
+            importlib.import_module("interop_harness")
+        finally:
+            sys.path.remove(here)
+    return sys.modules["interop_harness"]
+
+
+def redis_or_skip(url: str) -> str:
+    """``url`` when a Redis server answers there; else skip (fail under ``CI=true``)."""
+    import redis
+
+    def ping() -> None:
+        client = redis.Redis.from_url(url, socket_connect_timeout=2)
+        try:
+            client.ping()
+        finally:
+            client.close()
+
+    interop_harness().require_server(url, "Redis", ping)
+    return url
+
 TASKS = textwrap.dedent('''
     import os, time
     from celeriac import App

@@ -10,16 +10,15 @@ tests reuse the fleets of ``interop_harness.py`` with a few more tasks.
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+
+from .conftest import interop_harness, redis_or_skip
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 60
@@ -50,19 +49,9 @@ CANVAS_TASKS = textwrap.dedent('''
 ''')
 
 
-def _harness() -> ModuleType:
-    if "interop_harness" not in sys.modules:
-        pytest.register_assert_rewrite("interop_harness")
-        here = str(Path(__file__).parent)
-        sys.path.insert(0, here)
-        try:
-            importlib.import_module("interop_harness")
-        finally:
-            sys.path.remove(here)
-    return sys.modules["interop_harness"]
 
 
-H = _harness()
+H = interop_harness()
 
 
 class Canvas:
@@ -175,17 +164,7 @@ REDIS_URL = os.environ.get("CELERIAC_TEST_E2E_CANVAS_REDIS_URL", "redis://127.0.
 @pytest.fixture(scope="session")
 def redis_url() -> str:
     pytest.importorskip("celeriac_redis")
-    import redis
-
-    def ping() -> None:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-        try:
-            client.ping()
-        finally:
-            client.close()
-
-    H.require_server(REDIS_URL, "Redis", ping)
-    return REDIS_URL
+    return redis_or_skip(REDIS_URL)
 
 
 @pytest.fixture

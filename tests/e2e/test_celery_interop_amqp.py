@@ -19,13 +19,13 @@ except under ``CI=true``, where they fail.
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from .conftest import interop_harness
 
 celery = pytest.importorskip("celery")
 pytest.importorskip("celeriac_amqp")
@@ -33,21 +33,9 @@ pytest.importorskip("celeriac_redis")
 pytestmark = pytest.mark.slow
 
 
-def _harness():
-    """``interop_harness``, imported so that pytest rewrites its asserts
-    (``tests/e2e`` is not a package, nor on ``sys.path``)."""
-    if "interop_harness" not in sys.modules:
-        pytest.register_assert_rewrite("interop_harness")
-        here = str(Path(__file__).parent)
-        sys.path.insert(0, here)
-        try:
-            importlib.import_module("interop_harness")
-        finally:
-            sys.path.remove(here)
-    return sys.modules["interop_harness"]
 
 
-H = _harness()
+H = interop_harness()
 AMQP_URL = os.environ.get("CELERIAC_TEST_E2E_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
 REDIS_URL = os.environ.get("CELERIAC_TEST_E2E_REDIS_URL", "redis://127.0.0.1:6379/11")
 

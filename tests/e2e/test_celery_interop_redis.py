@@ -15,34 +15,22 @@ The test bodies are in ``interop_harness.py`` (shared with the RabbitMQ file).
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from .conftest import interop_harness, redis_or_skip
 
 celery_exceptions = pytest.importorskip("celery.exceptions")
 pytest.importorskip("celeriac_redis")
 pytestmark = pytest.mark.slow
 
 
-def _harness():
-    """``interop_harness``, imported so that pytest rewrites its asserts
-    (``tests/e2e`` is not a package, nor on ``sys.path``)."""
-    if "interop_harness" not in sys.modules:
-        pytest.register_assert_rewrite("interop_harness")
-        here = str(Path(__file__).parent)
-        sys.path.insert(0, here)
-        try:
-            importlib.import_module("interop_harness")
-        finally:
-            sys.path.remove(here)
-    return sys.modules["interop_harness"]
 
 
-H = _harness()
+H = interop_harness()
 REDIS_URL = os.environ.get("CELERIAC_TEST_E2E_REDIS_URL", "redis://127.0.0.1:6379/11")
 
 #: (client kind, worker kind): (a) Celery client -> celeriac worker,
@@ -53,17 +41,7 @@ DIRECTIONS = [pytest.param("celery", "celeriac", id="celery-client-celeriac-work
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    import redis
-
-    def ping() -> None:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-        try:
-            client.ping()
-        finally:
-            client.close()
-
-    H.require_server(REDIS_URL, "Redis", ping)
-    return REDIS_URL
+    return redis_or_skip(REDIS_URL)
 
 
 @pytest.fixture

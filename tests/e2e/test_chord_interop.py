@@ -14,9 +14,7 @@ under ``CI=true``.
 
 from __future__ import annotations
 
-import importlib
 import os
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -24,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from .conftest import interop_harness
 
 celery = pytest.importorskip("celery")
 pytest.importorskip("celeriac_redis")
@@ -42,20 +42,9 @@ def tsum(results):
 '''
 
 
-def _harness() -> Any:
-    """``interop_harness``, imported so that pytest rewrites its asserts."""
-    if "interop_harness" not in sys.modules:
-        pytest.register_assert_rewrite("interop_harness")
-        here = str(Path(__file__).parent)
-        sys.path.insert(0, here)
-        try:
-            importlib.import_module("interop_harness")
-        finally:
-            sys.path.remove(here)
-    return sys.modules["interop_harness"]
 
 
-H = _harness()
+H = interop_harness()
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import subprocess
@@ -24,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from .conftest import interop_harness, redis_or_skip
+
 pytest.importorskip("celery")
 pytest.importorskip("celeriac_redis")
 pytestmark = pytest.mark.slow
@@ -32,20 +33,9 @@ REDIS_URL = os.environ.get("CELERIAC_TEST_CONTROL_REDIS_URL", "redis://127.0.0.1
 TIMEOUT = 45.0
 
 
-def _harness() -> Any:
-    """``interop_harness`` with rewritten asserts (``tests/e2e`` is not a package)."""
-    if "interop_harness" not in sys.modules:
-        pytest.register_assert_rewrite("interop_harness")
-        here = str(Path(__file__).parent)
-        sys.path.insert(0, here)
-        try:
-            importlib.import_module("interop_harness")
-        finally:
-            sys.path.remove(here)
-    return sys.modules["interop_harness"]
 
 
-H = _harness()
+H = interop_harness()
 
 
 class ControlRedisBroker(H.RedisBroker):
@@ -69,17 +59,7 @@ class ControlRedisBroker(H.RedisBroker):
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    import redis
-
-    def ping() -> None:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-        try:
-            client.ping()
-        finally:
-            client.close()
-
-    H.require_server(REDIS_URL, "Redis", ping)
-    return REDIS_URL
+    return redis_or_skip(REDIS_URL)
 
 
 @pytest.fixture

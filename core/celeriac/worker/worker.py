@@ -345,9 +345,15 @@ class Worker:
         task = app.tasks.get(tm.name)
         if task is None:
             missing = NotRegistered(tm.name)
+            h = tm.headers
             self._dead_letter(message, missing.reason,
                               f"task {tm.name!r} is not registered in this worker (is the module "
-                              f"in imports, and is every worker on this queue up to date?)", fail=missing)
+                              f"in imports, and is every worker on this queue up to date?)",
+                              fail=missing,
+                              context=Context(id=h.id, task=h.task, group=h.group,
+                                              group_index=h.group_index, root_id=h.root_id,
+                                              parent_id=h.parent_id, chord=tm.embed.chord,
+                                              is_eager=False))
             return
         request = Request.build(message, tm, task, self.hostname)
         if request.is_expired():
@@ -365,7 +371,8 @@ class Worker:
             return
         self.reserved.append(request)
 
-    def _dead_letter(self, message: Any, reason: str, detail: str, fail: BaseException | None = None) -> None:
+    def _dead_letter(self, message: Any, reason: str, detail: str, fail: BaseException | None = None,
+                     context: Context | None = None) -> None:
         headers = message.headers or {}
         logger.error("dead-lettering message %s: %s (%s)", headers.get("id", "<no id>"), detail, reason)
         try:
@@ -379,8 +386,10 @@ class Worker:
             return
         task_id = headers.get("id")
         if isinstance(task_id, str) and task_id and fail is not None:
-            self.tracer.store(Context(id=task_id, task=headers.get("task")), None, states.FAILURE,
-                              exception_to_dict(fail), None, [])
+            # With the decoded context (when there is one), a chord the task
+            # belongs to fails instead of waiting for it for ever.
+            self.tracer.store(context or Context(id=task_id, task=headers.get("task")), None,
+                              states.FAILURE, exception_to_dict(fail), None, [])
         message.ack()
         self.events.task_dead_lettered(task_id, fail)
         self.hooks.call("celeriac_message_rejected", worker=self, message=message, reason=reason,
@@ -543,9 +552,20 @@ class Worker:
         exc = failed.exception or (TaskRevokedError("terminated") if revoked else
                                    WorkerLostError(f"task ended without a result: {failed.reason}"))
         self.events.task_lost(request, failed, exc)
-        self.tracer.store(request.context, request.task, states.REVOKED if revoked
-                          else states.FAILURE, exception_to_dict(exc), None, [])
-        request.ack()
+        if revoked:
+            self.tracer.store(request.context, request.task, states.REVOKED,
+                              exception_to_dict(exc), None, [])
+            request.ack()
+            return
+        # A time limit or a lost process fails the task as if it had raised
+        # (Celery does the same): errbacks run, the rest of its chain is
+        # marked failed, a chord it belongs to fails.
+        ended = self.tracer._on_failure(request.task, request.context, exc,
+                                        f"{type(exc).__name__}: {exc}")
+        if ended.ack:
+            request.ack()
+        else:
+            request.requeue()
 
     # -- pool size -----------------------------------------------------------------
 
