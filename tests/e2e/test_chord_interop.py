@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import interop_harness
+from .conftest import interop_harness, redis_or_skip
 
 celery = pytest.importorskip("celery")
 pytest.importorskip("celeriac_redis")
@@ -49,16 +49,7 @@ H = interop_harness()
 
 @pytest.fixture
 def fleet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    import redis
-
-    def ping() -> None:
-        client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
-        try:
-            client.ping()
-        finally:
-            client.close()
-
-    H.require_server(REDIS_URL, "Redis", ping)
+    redis_or_skip(REDIS_URL)
     for key in list(os.environ):  # CELERIAC_* variables would override the clients' settings
         if key.startswith("CELERIAC_") and not key.startswith("CELERIAC_TEST"):
             monkeypatch.delenv(key)
