@@ -195,6 +195,14 @@ class Pool(ABC):
         first (only when :attr:`resizable`)."""
         raise NotImplementedError(f"the {self.name} pool cannot be resized")
 
+    def job_pid(self, job_id: str) -> int | None:
+        """The id of the process running ``job_id`` (``worker_pid`` in
+        ``inspect active``). Pools that run jobs in the worker's own process
+        keep this default; pools of processes say which child."""
+        import os
+
+        return os.getpid()
+
     def terminate_job(self, job_id: str, signum: int) -> bool:
         """End the running job ``job_id`` now (revoke with ``terminate=True``).
 

@@ -105,6 +105,8 @@ def stats(node: RemoteControl, **_: Any) -> dict[str, Any]:
         "uptime": int(time.monotonic() - node.started), "pool": worker.pool.info(),
         "broker": censored("broker", broker), "prefetch_count": worker.prefetch_limit or 0,
         "rusage": {name: getattr(usage, f"ru_{name}") for name in _RUSAGE_FIELDS},
+        **({"autoscaler": worker.autoscaler.info(worker._demand(), worker.pool.concurrency)}
+           if worker.autoscaler is not None else {}),
     })
 
 
@@ -122,8 +124,17 @@ def conf(node: RemoteControl, with_defaults: bool = False, **_: Any) -> dict[str
 
 @command("inspect")
 def active(node: RemoteControl, safe: bool | None = None, **_: Any) -> list[Any]:
-    """Tasks running now."""
-    return jsonable([request.info() for state, request in _waiting(node) if state == "active"])
+    """Tasks running now, with the process running each (``worker_pid``)."""
+    return jsonable([_described(node, state, request) for state, request in _waiting(node)
+                     if state == "active"])
+
+
+def _described(node: RemoteControl, state: str, request: Any) -> dict[str, Any]:
+    """``request.info()``, with the process running it when it runs."""
+    info = request.info()
+    if state == "active":
+        info["worker_pid"] = node.worker.pool.job_pid(request.id)
+    return info
 
 
 @command("inspect")
@@ -167,8 +178,8 @@ def registered(node: RemoteControl, taskinfoitems: list[str] | None = None,
 def query_task(node: RemoteControl, ids: Any = (), **_: Any) -> dict[str, Any]:
     """State (active, reserved, scheduled) and details of tasks the worker holds."""
     wanted = set(task_ids_of(ids)) if ids else set()
-    return jsonable({request.id: [state, request.info()] for state, request in _waiting(node)
-                     if request.id in wanted})
+    return jsonable({request.id: [state, _described(node, state, request)]
+                     for state, request in _waiting(node) if request.id in wanted})
 
 
 @command("inspect")

@@ -283,6 +283,15 @@ class PreforkPool(Pool):
             self.concurrency = max(1, self.concurrency - n)
         self._wake()
 
+    def job_pid(self, job_id: str) -> int | None:
+        """The pid of the child running ``job_id`` (None: not running)."""
+        with self._cond:
+            for child in self._children:
+                entry = child.entry
+                if entry is not None and entry.job_id == job_id and not entry.done:
+                    return int(child.pid)
+        return None
+
     def terminate_job(self, job_id: str, signum: int) -> bool:
         """Send ``signum`` to the child running ``job_id`` and report the job
         ``JobFailed("terminated")`` at once; the child takes no other job and

@@ -97,3 +97,35 @@ def test_the_worker_grows_and_shrinks_its_pool(app, procs):
         assert worker.autoscaler is not None and worker.autoscaler.max_concurrency == 4
         assert worker.prefetch_limit == 4 * worker.prefetch_multiplier
         assert app.tasks["pfw.add"].delay(2, 2).get(timeout=WAIT) == 4
+
+
+def test_inspect_names_the_child_running_each_task_and_the_autoscaler(app, procs, tmp_path):
+    gate = tmp_path / "gate"
+
+    @app.task(name="pfw.hold")
+    def hold(path: str) -> int:
+        import pathlib
+        import time as _time
+
+        while not pathlib.Path(path).exists():
+            _time.sleep(0.02)
+        return os.getpid()
+
+    with start_worker(app, pool="prefork", concurrency=2, hostname="pfw@inspect",
+                      autoscale="3,2") as worker:
+        result = hold.delay(str(gate))
+        inspect = app.control.inspect(destination=["pfw@inspect"], timeout=10)
+        found: list[dict[str, Any]] = []
+
+        def running() -> bool:
+            found[:] = (inspect.active() or {}).get("pfw@inspect", [])
+            return bool(found)
+
+        procs.wait_until(running, "the task to show in inspect active")
+        assert found[0]["id"] == result.id
+        assert found[0]["worker_pid"] in worker.pool.info()["processes"]
+        assert found[0]["worker_pid"] != os.getpid()
+        stats = inspect.stats()["pfw@inspect"]
+        assert stats["autoscaler"]["max"] == 3 and stats["autoscaler"]["min"] == 2
+        gate.touch()
+        assert result.get(timeout=WAIT) == found[0]["worker_pid"]
