@@ -200,12 +200,13 @@ class Hooks:
 
     def call(self, name: str, **kwargs: Any) -> list[Any]:
         caller = getattr(self._pm.hook, name)
+        impls = caller.get_hookimpls()
+        if not impls:  # the common case on hot paths: nothing to call
+            return []
         if name in hookspecs.PROPAGATING:
             return caller(**kwargs)
-        if not caller.get_hookimpls():
-            return []
         results = []
-        for impl in reversed(caller.get_hookimpls()):
+        for impl in reversed(impls):
             try:
                 args = {k: kwargs[k] for k in impl.argnames}
                 res = impl.function(**args)

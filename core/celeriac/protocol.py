@@ -188,8 +188,51 @@ _STR_OR_NONE = ("shadow", "eta", "expires", "group", "root_id", "parent_id", "ar
                 "kwargsrepr", "origin", "compression")
 
 
+def _usual_headers(raw: dict[str, Any]) -> TaskHeaders | None:
+    """The headers of the usual message (every value of its exact expected
+    type, no times to parse, no stamps), built with few look-ups; ``None``
+    for anything else, which :func:`headers_from_dict` checks in full."""
+    get = raw.get
+    task, task_id = get("task"), get("id")
+    if type(task) is not str or type(task_id) is not str or not task or not task_id:
+        return None
+    for key in _STR_OR_NONE:
+        value = get(key)
+        if value is not None and type(value) is not str:
+            return None
+    retries, group_index = get("retries", 0), get("group_index")
+    nesting, ignore, stamps = get("replaced_task_nesting") or 0, get("ignore_result"), get("stamps")
+    if get("eta") or get("expires") or get("stamped_headers") is not None or stamps \
+            or type(retries) is not int or retries < 0 or type(nesting) is not int \
+            or (group_index is not None and type(group_index) is not int) \
+            or (ignore is not None and type(ignore) is not bool):
+        return None
+    timelimit = get("timelimit")
+    if timelimit is None:
+        limits: tuple[float | None, float | None] = (None, None)
+    elif type(timelimit) is list and len(timelimit) == 2 and all(
+            v is None or type(v) is int or type(v) is float for v in timelimit):
+        limits = (timelimit[0], timelimit[1])
+    else:
+        return None
+    lang = get("lang", "py")
+    return TaskHeaders(
+        task=task, id=task_id, lang=lang if isinstance(lang, str) else "py", shadow=get("shadow"),
+        group=get("group"), group_index=group_index, retries=retries, timelimit=limits,
+        root_id=get("root_id"), parent_id=get("parent_id"), argsrepr=get("argsrepr"),
+        kwargsrepr=get("kwargsrepr"), origin=get("origin"), ignore_result=ignore,
+        replaced_task_nesting=nesting, compression=get("compression"),
+        extra={k: v for k, v in raw.items() if k not in _HEADER_FIELDS}
+        if raw.keys() - _HEADER_FIELDS else {},
+    )
+
+
 def headers_from_dict(raw: Mapping[str, Any]) -> TaskHeaders:
     """Validate and convert v2 headers; raises :class:`MessageShapeError`."""
+    if type(raw) is dict:
+        usual = _usual_headers(raw)
+        if usual is not None:
+            return usual
     if not isinstance(raw, Mapping):
         raise MessageShapeError("headers must be a mapping")
     for key in ("task", "id"):

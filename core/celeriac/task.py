@@ -26,6 +26,17 @@ TASK_OPTIONS = frozenset({
     "track_started", "expires", "shadow_name", "typing",
 })
 
+#: The app setting behind each task option that has one (:meth:`Task.option`).
+_OPTION_SETTINGS = {
+    "max_retries": "task_max_retries", "default_retry_delay": "task_default_retry_delay",
+    "acks_late": "task_acks_late", "ignore_result": "task_ignore_result",
+    "acks_on_failure_or_timeout": "task_acks_on_failure_or_timeout",
+    "reject_on_worker_lost": "task_reject_on_worker_lost",
+    "time_limit": "task_time_limit", "soft_time_limit": "task_soft_time_limit",
+    "rate_limit": "task_default_rate_limit", "serializer": "task_serializer",
+    "track_started": "task_track_started", "priority": "task_default_priority",
+}
+
 
 @attrs.define
 class Context:
@@ -110,17 +121,8 @@ class Task:
         value = getattr(self, name)
         if value is not None:
             return value
-        conf = self.app.conf
-        fallback = {
-            "max_retries": "task_max_retries", "default_retry_delay": "task_default_retry_delay",
-            "acks_late": "task_acks_late", "ignore_result": "task_ignore_result",
-            "acks_on_failure_or_timeout": "task_acks_on_failure_or_timeout",
-            "reject_on_worker_lost": "task_reject_on_worker_lost",
-            "time_limit": "task_time_limit", "soft_time_limit": "task_soft_time_limit",
-            "rate_limit": "task_default_rate_limit", "serializer": "task_serializer",
-            "track_started": "task_track_started", "priority": "task_default_priority",
-        }.get(name)
-        return getattr(conf, fallback) if fallback else None
+        fallback = _OPTION_SETTINGS.get(name)
+        return getattr(self.app.conf, fallback) if fallback else None
 
     @property
     def request(self) -> Context:

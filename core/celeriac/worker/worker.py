@@ -506,11 +506,9 @@ class Worker:
 
     def _drain_completions(self) -> None:
         finished = []
-        while True:
-            try:
-                request, outcome = self._completions.get_nowait()
-            except queue_mod.Empty:
-                break
+        completions = self._completions
+        while not completions.empty():  # (this thread is the only reader: get_nowait cannot fail)
+            request, outcome = completions.get_nowait()
             self.active.pop(id(request), None)
             self.stats[request.name] = self.stats.get(request.name, 0) + 1
             finished.append((request, outcome))

@@ -19,6 +19,7 @@ steps of compact chains are hashes ``celeriac-chain-<id>`` (index -> step).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -62,9 +63,9 @@ return 0
 """
 REVOKE_CHUNK = 1000
 
-#: Clients inherited through a fork: kept referenced, never closed in the child
-#: (closing takes the pool's lock, which a thread of the parent may have held).
-_INHERITED: list[redis.Redis] = []
+#: Clients and subscriptions inherited through a fork: kept referenced, never
+#: closed in the child (closing takes the pool's lock, which a thread of the parent may have held).
+_INHERITED: list[Any] = []
 
 # KEYS[1]: the key. ARGV[1]: the document. ARGV[2]: TTL in ms (0: none).
 # SET ... GET writes and reads the previous value in one command; in the rare
@@ -150,6 +151,11 @@ class RedisBackend(ResultBackend):
         self.group_keyprefix = prefix + GROUP_KEY_PREFIX
         self.chord_ordered = bool(options.get("result_chord_ordered", True))
         self._chord_scripts: dict[str, Any] = {}
+        #: Each thread's subscription connection for :meth:`wait` (``PubSub``),
+        #: and all of them, for :meth:`close`.
+        self._local = threading.local()
+        self._subscribers: list[Any] = []
+        self._subscribers_lock = threading.Lock()
 
     def key(self, task_id: str) -> str:
         """The key (and channel) of the result of ``task_id``."""
@@ -218,38 +224,85 @@ class RedisBackend(ResultBackend):
         self.client.delete(self.key(task_id))
 
     def wait(self, task_id: str, timeout: float | None = None) -> dict[str, Any] | None:
-        """Subscribe to the task's channel, then read the key once: a result
-        stored in between is either read or published to us, never missed.
+        """Subscribe to the task's channel, wait for the subscription to be
+        confirmed, then read the key once: a result stored in between is
+        either read or published to us, never missed.
 
-        A result already there is read first, without subscribing: a
-        subscription costs a connection of its own (redis-py closes it with
-        the pubsub), which would dominate reading many finished results."""
+        A result already there is read first, without subscribing. Each
+        thread keeps one subscription connection between waits (subscribing
+        to one channel per wait), so a wait costs no connection set-up."""
         deadline = None if timeout is None else time.monotonic() + timeout
         key = self.key(task_id)
         doc = self.get(task_id)
         if doc is not None and doc.get("status") in READY_STATES:
             return doc
+        channel = key.encode()
         try:
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._subscriber()
+            pubsub.subscribe(key)
         except redis.RedisError:
+            self._drop_subscriber()
             return super().wait(task_id, timeout)
         try:
-            pubsub.subscribe(key)
+            if not self._confirmed(pubsub, channel, deadline):
+                return doc
             doc = self.get(task_id)
             while doc is None or doc.get("status") not in READY_STATES:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return doc
                 message = pubsub.get_message(timeout=1.0 if left is None else min(left, 1.0))
-                if message is not None and message.get("type") == "message":
+                if message is not None and message.get("type") == "message" \
+                        and message.get("channel") == channel:
                     doc = self._decode(message["data"])
             return doc
         except redis.ConnectionError:
             # The subscription broke (a restart): keep waiting by polling.
+            self._drop_subscriber()
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
             return super().wait(task_id, left)
         finally:
+            if getattr(self._local, "pubsub", None) is pubsub:  # (not dropped above)
+                try:
+                    pubsub.unsubscribe(key)  # (its confirmation is read by the next wait)
+                except redis.RedisError:
+                    self._drop_subscriber()
+
+    @staticmethod
+    def _confirmed(pubsub: Any, channel: bytes, deadline: float | None) -> bool:
+        """Read until the server confirms the subscription to ``channel``
+        (skipping what earlier waits left unread); False when ``deadline`` passes."""
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return False
+            message = pubsub.get_message(timeout=1.0 if left is None else min(left, 1.0))
+            if message is not None and message.get("type") == "subscribe" \
+                    and message.get("channel") == channel:
+                return True
+
+    def _subscriber(self) -> Any:
+        """This thread's subscription connection (a ``PubSub``), kept between waits."""
+        pubsub = getattr(self._local, "pubsub", None)
+        if pubsub is None:
+            pubsub = self._local.pubsub = self.client.pubsub()
+            with self._subscribers_lock:
+                self._subscribers.append(pubsub)
+        return pubsub
+
+    def _drop_subscriber(self) -> None:
+        """Close this thread's subscription connection (the next wait makes a new one)."""
+        pubsub = getattr(self._local, "pubsub", None)
+        self._local.pubsub = None
+        if pubsub is None:
+            return
+        with self._subscribers_lock:
+            if pubsub in self._subscribers:
+                self._subscribers.remove(pubsub)
+        try:
             pubsub.close()
+        except Exception:
+            pass
 
     # -- revokes ----------------------------------------------------------------------
 
@@ -281,12 +334,23 @@ class RedisBackend(ResultBackend):
         return _redacted(self.url)
 
     def close(self) -> None:
+        with self._subscribers_lock:
+            subscribers, self._subscribers = self._subscribers, []
+            self._local = threading.local()  # (every thread makes a new one on its next wait)
+        for pubsub in subscribers:
+            try:
+                pubsub.close()
+            except Exception:
+                pass
         self.client.connection_pool.disconnect()
 
     def after_fork(self) -> None:
         """In a forked child: a client of the child's own (connecting on first
         use); the parent's sockets are left alone, so its session goes on."""
         _INHERITED.append(self.client)
+        _INHERITED.extend(self._subscribers)
+        self._subscribers, self._local = [], threading.local()
+        self._subscribers_lock = threading.Lock()
         self.client = _client(self.url, self._options)
         self._store_script = self.client.register_script(_STORE)
 

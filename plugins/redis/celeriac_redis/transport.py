@@ -181,6 +181,8 @@ class LeasedChannelMixin:
         self._acks_since = 0.0
         self._ack_lock = threading.Lock()
         self._plain_client: redis.Redis | None = None
+        #: (pool, client) that :meth:`conn_or_acquire` lends (kombu's client class).
+        self._shared_client: tuple[Any, Any] | None = None
         self._scripts_: _Scripts | None = None
         self._steps = ",".join(str(step) for step in self.priority_steps)
         self._keys = [self._key(self.unacked_key), self._key(self.lease_key),  # type: ignore[attr-defined]
@@ -507,10 +509,18 @@ class LeasedChannelMixin:
     _pipe: Any = None
 
     def conn_or_acquire(self, client: Any = None) -> Any:
+        if client is not None:
+            return super().conn_or_acquire(client)  # type: ignore[misc]
         pipe = self._pipe
-        if pipe is not None and client is None:
+        if pipe is not None:
             return _Borrowed(pipe)
-        return super().conn_or_acquire(client)  # type: ignore[misc]
+        # kombu builds a client (and its table of response callbacks) per
+        # call; one per pool does, as the pool hands out a connection per command.
+        pool = self.pool
+        shared = self._shared_client
+        if shared is None or shared[0] is not pool:
+            shared = self._shared_client = (pool, self._create_client())  # type: ignore[attr-defined]
+        return _Borrowed(shared[1])
 
     def _size(self, queue: str) -> int:
         size = super()._size(queue)  # type: ignore[misc]
@@ -558,7 +568,8 @@ class LeasedChannelMixin:
 
 
 class _Borrowed:
-    """``with``-able stand-in for a client: a pipeline being filled."""
+    """``with``-able stand-in for kombu's ``conn_or_acquire``: lends a client
+    or a pipeline being filled, and leaves it open."""
 
     def __init__(self, pipe: Any) -> None:
         self.pipe = pipe
