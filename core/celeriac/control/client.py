@@ -60,10 +60,10 @@ class Control:
     """Remote control of the workers of ``app`` (``app.control``)."""
 
     def __init__(self, app: App) -> None:
-        from kombu.clocks import LamportClock
+        from ..events.dispatcher import clock_for
 
         self.app = app
-        self.clock = LamportClock()
+        self.clock = clock_for(app)  # the app's clock, which its events stamp too
 
     def inspect(self, destination: str | Sequence[str] | None = None, timeout: float = 1.0,
                 callback: Callable[[dict[str, Any]], None] | None = None,

@@ -47,12 +47,12 @@ class RemoteControl:
     """
 
     def __init__(self, worker: Worker) -> None:
-        from kombu.clocks import LamportClock
+        from ..events.dispatcher import clock_for
 
         self.worker = worker
         self.app = worker.app
         self.hostname = worker.hostname
-        self.clock = LamportClock()
+        self.clock = clock_for(self.app)  # the node's one clock: its events stamp it too
         self.started = time.monotonic()
         conf = self.app.conf
         self.enabled = bool(conf.worker_enable_remote_control and worker.transport.broadcast)

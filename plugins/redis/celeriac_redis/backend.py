@@ -149,8 +149,9 @@ class RedisBackend(ResultBackend):
             prefix += "_"  # Celery's rule
         self.task_keyprefix = prefix + KEY_PREFIX
         self.group_keyprefix = prefix + GROUP_KEY_PREFIX
+        self.chain_keyprefix = prefix + CHAIN_KEY_PREFIX
         self.chord_ordered = bool(options.get("result_chord_ordered", True))
-        self._chord_scripts: dict[str, Any] = {}
+        self._registered: dict[str, Any] = {}
         #: Each thread's subscription connection for :meth:`wait` (``PubSub``),
         #: and all of them, for :meth:`close`.
         self._local = threading.local()
@@ -312,13 +313,9 @@ class RedisBackend(ResultBackend):
         """Add ``task_ids`` to :data:`REVOKED_KEY` until ``expires`` seconds from now."""
         ids = list(dict.fromkeys(task_ids))
         now = time.time()
-        script = self.client.register_script(_REVOKE)
-        try:
-            for start in range(0, len(ids), REVOKE_CHUNK):
-                script(keys=[REVOKED_KEY],
-                       args=[now, now + expires, *ids[start:start + REVOKE_CHUNK]])
-        except redis.RedisError as exc:
-            raise BackendError(f"cannot store revokes in {self.describe()}: {exc}") from exc
+        for start in range(0, len(ids), REVOKE_CHUNK):
+            self._script(_REVOKE, [REVOKED_KEY],
+                         [now, now + expires, *ids[start:start + REVOKE_CHUNK]], "store revokes")
 
     def revoked(self) -> dict[str, float]:
         """The revoked ids whose expiry has not passed, with their expiry."""
@@ -362,12 +359,14 @@ class RedisBackend(ResultBackend):
         base = self.group_keyprefix + group_id
         return {suffix: base + suffix for suffix in (".j", ".t", ".s", ".d", ".c", "")}
 
-    def _chord_script(self, source: str, keys: list[str], args: list[Any], what: str) -> Any:
+    def _script(self, source: str, keys: list[str], args: list[Any], what: str) -> Any:
+        """Run the Lua script ``source``; a Redis error is a :class:`BackendError`
+        saying it could not ``what``."""
         # Run on the current client (after a fork, the child's own); redis-py
         # calls it by SHA and loads it into the server when missing.
-        script = self._chord_scripts.get(source)
+        script = self._registered.get(source)
         if script is None:
-            script = self._chord_scripts[source] = self.client.register_script(source)
+            script = self._registered[source] = self.client.register_script(source)
         try:
             return script(keys=keys, args=args, client=self.client)
         except redis.RedisError as exc:
@@ -417,7 +416,7 @@ class RedisBackend(ResultBackend):
         the count, expiry refresh and the ``SET .c NX`` claim."""
         keys = self._chord_keys(group_id)
         score = "+inf" if part.group_index is None else str(int(part.group_index))
-        recorded, diff, size, added, claimed = self._chord_script(
+        recorded, diff, size, added, claimed = self._script(
             _scripts.CHORD_RECORD,
             [keys[".j"], keys[".t"], keys[".s"], keys[".d"], keys[".c"], keys[""]],
             [part.task_id, self._encode_part(part), "1" if self.chord_ordered else "0", score,
@@ -432,7 +431,7 @@ class RedisBackend(ResultBackend):
 
     def claim_chord(self, group_id: str, token: str, *, timeout: float) -> ChordClaim:
         keys = self._chord_keys(group_id)
-        outcome = self._chord_script(
+        outcome = self._script(
             _scripts.CHORD_CLAIM, [keys[".c"], keys[".s"], keys[".j"], keys[".t"]],
             [token, _ms(timeout) or 1, "1" if self.chord_ordered else "0"],
             f"claim chord {group_id}")
@@ -455,7 +454,7 @@ class RedisBackend(ResultBackend):
         """Celery's cleanup: ``DEL .j .t .s .d`` and ``.c = "done"``, if the
         claim is still ours."""
         keys = self._chord_keys(group_id)
-        return bool(self._chord_script(
+        return bool(self._script(
             _scripts.CHORD_FINISH, [keys[".c"], keys[".j"], keys[".t"], keys[".s"], keys[".d"]],
             [token, _ms(expires)], f"finish chord {group_id}"))
 
@@ -483,8 +482,7 @@ class RedisBackend(ResultBackend):
         self.client.delete(self.group_keyprefix + group_id)
 
     def _chain_key(self, chain_id: str) -> str:
-        prefix = self.group_keyprefix[:-len(GROUP_KEY_PREFIX)]
-        return prefix + CHAIN_KEY_PREFIX + chain_id
+        return self.chain_keyprefix + chain_id
 
     def save_chain(self, chain_id: str, steps: Sequence[Mapping[str, Any]], *,
                    expires: float | None) -> None:

@@ -232,15 +232,9 @@ class SQLiteBackend(ResultBackend):
         """Record ``task_ids`` as revoked until ``expires`` seconds from now."""
         now = time.time()
         rows = [(task_id, now + expires) for task_id in dict.fromkeys(task_ids)]
-        with self.db as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.executemany(REVOKE, rows)
-                conn.execute("DELETE FROM celeriac_revoked WHERE expires_at <= ?", (now,))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            conn.executemany(REVOKE, rows)
+            conn.execute("DELETE FROM celeriac_revoked WHERE expires_at <= ?", (now,))
 
     def revoked(self) -> dict[str, float]:
         """The revokes that have not expired: task id -> expiry (Unix time)."""
@@ -287,22 +281,29 @@ class SQLiteBackend(ResultBackend):
     supports_chords = True
 
     @contextlib.contextmanager
-    def _chord(self, group_id: str) -> Iterator[tuple[sqlite3.Connection, tuple | None]]:
-        """A write transaction on ``group_id``'s chord and its row (``None``
-        when there is none, or it expired: then its rows are deleted first)."""
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``): committed when the block
+        ends, rolled back when it raises."""
         with self.db as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                row = conn.execute("SELECT size, claim, claim_until, expires_at FROM "
-                                   "celeriac_chord WHERE group_id = ?", (group_id,)).fetchone()
-                if row is not None and row[3] is not None and row[3] <= time.time():
-                    self._drop_chord(conn, group_id)
-                    row = None
-                yield conn, row
+                yield conn
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
                 raise
+
+    @contextlib.contextmanager
+    def _chord(self, group_id: str) -> Iterator[tuple[sqlite3.Connection, tuple | None]]:
+        """A write transaction on ``group_id``'s chord and its row (``None``
+        when there is none, or it expired: then its rows are deleted first)."""
+        with self._transaction() as conn:
+            row = conn.execute("SELECT size, claim, claim_until, expires_at FROM "
+                               "celeriac_chord WHERE group_id = ?", (group_id,)).fetchone()
+            if row is not None and row[3] is not None and row[3] <= time.time():
+                self._drop_chord(conn, group_id)
+                row = None
+            yield conn, row
 
     @staticmethod
     def _drop_chord(conn: sqlite3.Connection, group_id: str) -> None:
@@ -397,18 +398,12 @@ class SQLiteBackend(ResultBackend):
     def _cleanup_chords(self, now: float) -> None:
         """Delete the rows of expired chords, 100 chords per transaction."""
         while True:
-            with self.db as conn:
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    expired = [group_id for (group_id,) in conn.execute(
-                        "SELECT group_id FROM celeriac_chord WHERE expires_at IS NOT NULL AND "
-                        "expires_at <= ? LIMIT 100", (now,)).fetchall()]
-                    for group_id in expired:
-                        self._drop_chord(conn, group_id)
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
+            with self._transaction() as conn:
+                expired = [group_id for (group_id,) in conn.execute(
+                    "SELECT group_id FROM celeriac_chord WHERE expires_at IS NOT NULL AND "
+                    "expires_at <= ? LIMIT 100", (now,)).fetchall()]
+                for group_id in expired:
+                    self._drop_chord(conn, group_id)
             if len(expired) < 100:
                 return
 
@@ -441,16 +436,10 @@ class SQLiteBackend(ResultBackend):
         expires_at = None if expires is None else time.time() + expires
         rows = [(chain_id, position, self.codec.encode(step), expires_at)
                 for position, step in enumerate(steps)]
-        with self.db as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                conn.execute("DELETE FROM celeriac_chain_step WHERE chain_id = ?", (chain_id,))
-                conn.executemany("INSERT INTO celeriac_chain_step (chain_id, position, step, "
-                                 "expires_at) VALUES (?, ?, ?, ?)", rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        with self._transaction() as conn:
+            conn.execute("DELETE FROM celeriac_chain_step WHERE chain_id = ?", (chain_id,))
+            conn.executemany("INSERT INTO celeriac_chain_step (chain_id, position, step, "
+                             "expires_at) VALUES (?, ?, ?, ?)", rows)
 
     def chain_step(self, chain_id: str, index: int) -> dict[str, Any] | None:
         """One primary-key read."""
