@@ -108,7 +108,7 @@ def _pool_option(args: Sequence[str]) -> str | None:
                 found = args[i + 1]
         elif arg.startswith("--pool="):
             found = arg.partition("=")[2]
-        elif arg.startswith("-P") and not arg.startswith("--"):
+        elif arg.startswith("-P"):
             found = arg[2:]
     return found
 

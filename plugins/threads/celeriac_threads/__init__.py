@@ -307,14 +307,8 @@ class ThreadPool(Pool):
                 slot.state = HANDED_BACK
             self._cond.notify_all()
             self._timer_cond.notify_all()
-            while self._running:
-                if deadline is None:
-                    self._cond.wait()
-                    continue
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                self._cond.wait(left)
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            self._cond.wait_for(lambda: not self._running, left)
             # A job whose on_done is already running has finished; giving it
             # back too would both requeue and acknowledge its message.
             unfinished = [slot for slot in self._running if slot.state == RUNNING]
