@@ -147,7 +147,7 @@ def _dispatch(tracer: Tracer, ctx: Context, body: Signature, token: str) -> None
                     error = ChordError(f"Callback error: {exc!r}")
                     error.__cause__ = exc
             if error is not None:
-                fail_body(tracer._on_failure, ctx, body, error)
+                fail_body(tracer.fail, ctx, body, error)
     finally:
         try:
             if not backend.finish_chord(group_id, token, expires=app.conf.result_expires):

@@ -71,11 +71,8 @@ class AsyncResult:
         (an earlier step of its chain, its chord's header) is raised first,
         as Celery does.
         """
-        if disable_sync_subtasks and _state.current() is not None:
-            raise RuntimeError(
-                "Never call result.get() within a task: it can deadlock the worker. "
-                "Chain the tasks instead, or pass disable_sync_subtasks=False if you must."
-            )
+        if disable_sync_subtasks:
+            _check_not_in_task()
         if propagate and follow_parents:
             self._maybe_reraise_parent_error()
         doc = self._cache

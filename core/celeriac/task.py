@@ -70,10 +70,10 @@ class Context:
     is_eager: bool = False
     called_directly: bool = True
     message: Any = attrs.field(default=None, repr=False)
+    """The :class:`~celeriac.protocol.TaskMessage` being run (None when called directly)."""
     children: list[Any] = attrs.field(factory=list, repr=False)
     """Results of what the call sent (callbacks, chain steps, tasks it
     called): stored with its result as ``children``, as Celery does."""
-    """The :class:`~celeriac.protocol.TaskMessage` being run (None when called directly)."""
 
 
 class Task:

@@ -234,11 +234,11 @@ class Tracer:
         return outcome
 
     def _on_exception(self, task: Task, ctx: Context, exc: Exception) -> Outcome:
+        if isinstance(exc, Ignore):  # e.g. Task.replace: the replacement has the id now
+            return Outcome(states.IGNORED)
         text = _formatted(exc)
         if isinstance(exc, Retry):
             return self._on_retry(task, ctx, exc, text)
-        if isinstance(exc, Ignore):  # e.g. Task.replace: the replacement has the id now
-            return Outcome(states.IGNORED)
         try:
             _autoretry(task, ctx, exc)
         except Retry as retry:
@@ -246,7 +246,7 @@ class Tracer:
         except Exception as error:  # exc itself past max_retries, or sending the retry failed
             if error is not exc:
                 exc, text = error, _formatted(error)
-        return self._on_failure(task, ctx, exc, text)
+        return self.fail(task, ctx, exc, text)
 
     def _on_success(self, task: Task, ctx: Context, retval: Any, ignore: bool) -> Outcome:
         if ctx.callbacks:
@@ -263,7 +263,11 @@ class Tracer:
         self.hooks.call("celeriac_task_success", task=task, request=ctx, retval=retval)
         return Outcome(states.SUCCESS, retval=retval, ack=stored)
 
-    def _on_failure(self, task: Task | None, ctx: Context, exc: BaseException, text: str) -> Outcome:
+    def fail(self, task: Task | None, ctx: Context, exc: BaseException, text: str) -> Outcome:
+        """Fail the call ``ctx`` with ``exc`` (``text``: its traceback): store
+        FAILURE, mark the rest of its chain failed, run its errbacks, call the
+        failure hook. Also used by the worker for jobs the pool ended (time
+        limit, lost process) and by chords for a body that cannot run."""
         logger.error("task %s[%s] raised %s: %s", ctx.task, ctx.id, type(exc).__name__, exc)
         doc = exception_to_dict(exc)
         stored = self.store(ctx, task, states.FAILURE, doc, text, [])

@@ -558,7 +558,7 @@ class Worker:
         # A time limit or a lost process fails the task as if it had raised
         # (Celery does the same): errbacks run, the rest of its chain is
         # marked failed, a chord it belongs to fails.
-        ended = self.tracer._on_failure(request.task, request.context, exc,
+        ended = self.tracer.fail(request.task, request.context, exc,
                                         f"{type(exc).__name__}: {exc}")
         if ended.ack:
             request.ack()
