@@ -181,3 +181,52 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 def short_lease_cluster(tmp_path: Path) -> Iterator[Cluster]:
     with _running_cluster(tmp_path, visibility_timeout=2.0) as c:
         yield c
+
+
+def stream_through_a_broker_restart(cluster: Cluster, crash, start, wait: float) -> None:
+    """Two workers and a producer sending 300 tasks; the broker is crashed
+    (``crash()``) after the first 80 and started again (``start()``). Every
+    accepted task must complete, the producer and the workers must carry on
+    by themselves (``wait``: the bound, in seconds, on each of those)."""
+    import threading
+
+    cluster.env["CELERIAC_BROKER_CONNECTION_MAX_RETRIES"] = "1000"
+    os.environ["CELERIAC_BROKER_CONNECTION_MAX_RETRIES"] = "1000"
+    work = cluster.app.tasks["e2e_tasks.work"]
+    workers = [cluster.start_worker("w1", "-P", "threads", "-c", "2"),
+               cluster.start_worker("w2", "-P", "solo")]
+    sent: list[int] = []
+    failed: list[BaseException] = []
+    stop = threading.Event()
+
+    def produce() -> None:
+        for i in range(300):
+            if stop.is_set():
+                return
+            try:
+                work.delay(i, 0.01)
+            except BaseException as exc:  # reported by the assertion below
+                failed.append(exc)
+                return
+            sent.append(i)
+            time.sleep(0.01)
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    try:
+        cluster.wait_for(lambda: len(sent) >= 80, 60, "the first tasks to be sent")
+        crash()
+        time.sleep(1.5)
+        start()
+        producer.join(wait)
+        assert not producer.is_alive(), "the producer did not finish"
+        assert not failed, f"publishing failed after the restart: {failed[0]!r}"
+        assert sent == list(range(300))
+        cluster.wait_for(lambda: set(cluster.done_counts()) >= set(sent), wait,
+                         "every accepted task to complete")
+    finally:
+        stop.set()
+    for proc in workers:
+        assert proc.poll() is None, "a worker died with the broker instead of reconnecting"
+    after = {pid for kind, value, pid in cluster.events() if kind == "done" and value >= 250}
+    assert after, "no worker ran tasks sent after the restart"

@@ -17,14 +17,13 @@ import signal
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .conftest import _running_cluster
+from .conftest import _running_cluster, stream_through_a_broker_restart
 
 pytestmark = pytest.mark.slow
 
@@ -129,38 +128,4 @@ def test_rabbitmq_killed_and_restarted_while_tasks_stream(tmp_path, rabbit_node)
     with _running_cluster(tmp_path / "cluster") as cluster:
         # Results stay in the SQLite store: only the broker goes away.
         cluster.env["CELERIAC_BROKER_URL"] = rabbit_node.url
-        cluster.env["CELERIAC_BROKER_CONNECTION_MAX_RETRIES"] = "1000"
-        os.environ["CELERIAC_BROKER_CONNECTION_MAX_RETRIES"] = "1000"
-        app = cluster.app
-        work = app.tasks["e2e_tasks.work"]
-        workers = [cluster.start_worker("w1", "-P", "threads", "-c", "2"),
-                   cluster.start_worker("w2", "-P", "solo")]
-        sent: list[int] = []
-        failed: list[BaseException] = []
-
-        def produce() -> None:
-            for i in range(300):
-                try:
-                    work.delay(i, 0.01)
-                except BaseException as exc:  # reported by the assertion below
-                    failed.append(exc)
-                    return
-                sent.append(i)
-                time.sleep(0.01)
-
-        producer = threading.Thread(target=produce, daemon=True)
-        producer.start()
-        cluster.wait_for(lambda: len(sent) >= 80, 60, "the first tasks to be sent")
-        rabbit_node.crash()
-        time.sleep(1.5)
-        rabbit_node.start()
-        producer.join(240)
-        assert not producer.is_alive(), "the producer did not finish"
-        assert not failed, f"publishing failed after the restart: {failed[0]!r}"
-        assert sent == list(range(300))
-        cluster.wait_for(lambda: set(cluster.done_counts()) >= set(sent), 240,
-                         "every accepted task to complete")
-        for proc in workers:
-            assert proc.poll() is None, "a worker died with the broker instead of reconnecting"
-        after = {pid for kind, value, pid in cluster.events() if kind == "done" and value >= 250}
-        assert after, "no worker ran tasks sent after the restart"
+        stream_through_a_broker_restart(cluster, rabbit_node.crash, rabbit_node.start, 240)
